@@ -1,0 +1,71 @@
+"""Base config every experiment derives from: the DDPM paper's CIFAR-10 recipe.
+
+Each experiment file calls `get_config()` here and overrides what differs. Fields are grouped
+(data, model, diffusion, training, optim, sampling); any of them can be set on the command line,
+e.g. `--config.training.batch_size=64`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "tfds"  # tfds | folder | npz | builtin
+  # tfds dataset name, or a builtin: digits, moons, swiss_roll, s_curve, gaussian_mixture
+  data.name = "cifar10"
+  data.path = ""  # image folder or .npz file for those sources; optional tfds data_dir for tfds
+  data.split = "train"
+  data.image_size = 32  # images are resized to image_size x image_size (ignored for 2D data)
+  data.center_crop = False  # crop the central square before resizing (CelebA, LSUN)
+  data.num_channels = 3
+  data.random_flip = True  # horizontal flips, drawn on device from (seed, step)
+  data.num_points = 10_000  # size of a builtin 2D toy dataset
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"  # unet | mlp
+  model.ch = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)  # feature-map sizes that get self-attention
+  model.dropout = 0.1
+  model.num_groups = 32  # GroupNorm groups; must divide every channel count
+  model.resamp_with_conv = True
+  model.hidden_dim = 128  # mlp only
+  model.num_layers = 3  # mlp only: hidden layers
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = (
+    "linear"  # linear | quad | const | jsd | warmup10 | warmup50 | cosine | sigmoid
+  )
+  diffusion.num_timesteps = 1000
+  diffusion.beta_start = 1e-4
+  diffusion.beta_end = 0.02
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128  # global batch, split over all devices
+  training.num_train_steps = 800_000
+  training.ema_decay = 0.9999
+  training.log_every = 100
+  training.checkpoint_every = 10_000
+  training.keep_checkpoints = 3
+  training.sample_every = 10_000  # write a sample grid every N steps; 0 disables
+  training.num_sample_images = 64
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 2e-4
+  optim.warmup_steps = 5000  # linear warmup from 0
+  optim.grad_clip = 1.0  # global-norm clipping; 0 disables
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.variance = (
+    "fixedlarge"  # fixedlarge (sigma^2 = beta_t) | fixedsmall (posterior beta-tilde)
+  )
+  sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at each step (images only)
+  sampling.batch_size = 256
+  return config

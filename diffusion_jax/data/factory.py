@@ -1,0 +1,54 @@
+"""`create_dataset`: builds the configured source and wraps it in the shared batching pipeline."""
+
+import jax
+import ml_collections
+
+from diffusion_jax.data import builtin, examples, image_files, pipeline, tfds_source
+
+SOURCES = ("tfds", "folder", "npz", "builtin")
+
+
+def _examples(data: ml_collections.ConfigDict, seed: int) -> examples.Examples:
+  """Reads `data.source` / `data.name` / `data.path` into preprocessed examples."""
+  if data.source == "tfds":
+    images = tfds_source.TfdsImages(data.name, data.split, data.path or None)
+  elif data.source == "folder":
+    images = image_files.FolderImages(data.path)
+  elif data.source == "npz":
+    images = image_files.load_npz_images(data.path)
+  elif data.source == "builtin" and data.name == "digits":
+    images = builtin.digits_images()
+  elif data.source == "builtin":
+    return examples.vector_examples(builtin.toy_points(data.name, data.num_points, seed))
+  else:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
+  return examples.image_examples(images, data.image_size, data.center_crop, data.num_channels)
+
+
+def create_dataset(
+  data_config: ml_collections.ConfigDict,
+  global_batch_size: int,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> pipeline.Dataset:
+  """Builds the training data of one process.
+
+  Args:
+    data_config: `config.data`; reads source, name, path, split, image_size, center_crop,
+      num_channels and num_points.
+    global_batch_size: batch size summed over all processes; must divide by process_count.
+    seed: fixes the example order (and the points of 2D toys).
+    process_index: this process; defaults to jax.process_index().
+    process_count: number of processes; defaults to jax.process_count().
+
+  Returns:
+    A Dataset whose get_batch(step) is float32 [global_batch_size // process_count, *shape].
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return pipeline.Dataset(
+    _examples(data_config, seed), global_batch_size, seed, process_index, process_count
+  )

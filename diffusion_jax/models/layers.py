@@ -1,0 +1,42 @@
+"""Pieces shared by the denoisers: the sinusoidal timestep embedding and the initializer."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+# The original code's stand-in for a zero init (variance_scaling rejects scale 0): layers that
+# end a residual branch start near zero, so each block begins as the identity.
+ZERO_ISH_SCALE = 1e-10
+
+
+def default_init(scale: float = 1.0) -> jax.nn.initializers.Initializer:
+  """The DDPM code's initializer: variance_scaling(scale, 'fan_avg', 'uniform').
+
+  Args:
+    scale: variance scale; ZERO_ISH_SCALE for layers that should start near zero.
+
+  Returns:
+    An initializer for Dense kernels [in, out] and Conv kernels [kh, kw, in, out].
+  """
+  return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal timestep embedding (Vaswani et al. 2017, §3.5), as in the DDPM code.
+
+  Args:
+    t: [B] timesteps, integer or float; cast to float32.
+    dim: embedding size, at least 4; an odd size gets a zero last column.
+
+  Returns:
+    emb_BxD: [B, dim] float32, the sines of t * freqs followed by their cosines.
+  """
+  if dim < 4:
+    raise ValueError(f"timestep embedding dim must be at least 4, got {dim}")
+  half = dim // 2
+  # Geometric frequencies from 1 down to 1/10000 (the original divides by half - 1).
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  args_BxH = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  emb_BxD = jnp.concatenate([jnp.sin(args_BxH), jnp.cos(args_BxH)], axis=-1)
+  return jnp.pad(emb_BxD, ((0, 0), (0, dim % 2)))

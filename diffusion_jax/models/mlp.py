@@ -1,0 +1,35 @@
+"""A timestep-conditioned MLP denoiser for low-dimensional data (2D toy sets)."""
+
+import flax.linen as nn
+import jax
+
+from diffusion_jax.models.layers import default_init, timestep_embedding
+
+
+class MLP(nn.Module):
+  """Noise predictor eps_theta(x_t, t) for vectors; every hidden layer adds a projection of temb."""
+
+  hidden_dim: int = 128
+  num_layers: int = 3
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxD: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
+    """Predicts the noise in x_t.
+
+    Args:
+      x_BxD: [B, D] noisy vectors x_t.
+      t_B: [B] timestep indices (int or float).
+      train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
+
+    Returns:
+      eps_BxD: [B, D] predicted noise.
+    """
+    dense = lambda n: nn.Dense(n, kernel_init=default_init())
+    temb = timestep_embedding(t_B, self.hidden_dim)
+    temb_BxH = dense(self.hidden_dim)(nn.silu(dense(self.hidden_dim)(temb)))
+    h_BxH = x_BxD
+    for _ in range(self.num_layers):
+      h_BxH = nn.silu(dense(self.hidden_dim)(h_BxH) + dense(self.hidden_dim)(temb_BxH))
+      h_BxH = nn.Dropout(self.dropout, deterministic=not train)(h_BxH)
+    return dense(x_BxD.shape[-1])(h_BxH)

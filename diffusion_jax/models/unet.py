@@ -1,0 +1,197 @@
+"""The DDPM U-Net (Ho et al. 2020, Appendix B), laid out as in the paper's TensorFlow code."""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.models.layers import ZERO_ISH_SCALE, default_init, timestep_embedding
+
+GN_EPSILON = 1e-6  # tf.contrib.layers.group_norm's, which the original uses
+
+
+def check_unet_config(
+  image_size: int,
+  ch: int,
+  ch_mult: Sequence[int],
+  num_groups: int,
+  attn_resolutions: Sequence[int],
+) -> None:
+  """Raises a one-line ValueError saying what to change if the U-Net cannot take this input.
+
+  Args:
+    image_size: height (= width) of the input images.
+    ch: base channel count.
+    ch_mult: channel multiplier per resolution level; each level but the last halves the size.
+    num_groups: GroupNorm groups.
+    attn_resolutions: feature-map sizes that get self-attention.
+  """
+  num_halvings = len(ch_mult) - 1
+  if image_size % 2**num_halvings:
+    raise ValueError(
+      f"image_size {image_size} cannot be halved {num_halvings} times by ch_mult "
+      f"{tuple(ch_mult)}; use a multiple of {2**num_halvings}"
+    )
+  # GroupNorms see these counts, or on the up path the sum of two of them (skip concat), which
+  # any divisor of both divides too.
+  channels = sorted({ch, *(ch * m for m in ch_mult)})
+  for c in channels:
+    if num_groups < 1 or c % num_groups:
+      raise ValueError(
+        f"num_groups {num_groups} does not divide channel count {c} (ch {ch} x ch_mult "
+        f"{tuple(ch_mult)}); use a divisor of {math.gcd(*channels)}"
+      )
+  sizes = [image_size // 2**i for i in range(len(ch_mult))]
+  for r in attn_resolutions:
+    if r not in sizes:
+      raise ValueError(
+        f"attn_resolutions has {r}, which is not a feature-map size for image_size "
+        f"{image_size}; choose from {sizes}"
+      )
+
+
+def _conv3x3(
+  features: int, stride: int = 1, scale: float = 1.0, name: str | None = None
+) -> nn.Conv:
+  return nn.Conv(
+    features, (3, 3), strides=stride, padding="SAME", kernel_init=default_init(scale), name=name
+  )
+
+
+def _group_norm(num_groups: int, name: str | None = None) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, name=name)
+
+
+class ResnetBlock(nn.Module):
+  """Pre-activation ResNet block; the timestep embedding is added between its two convs."""
+
+  out_ch: int
+  dropout: float
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array, train: bool) -> jax.Array:
+    """Returns x + F(x, temb) as [B, H, W, out_ch]."""
+    h = nn.silu(_group_norm(self.num_groups, name="norm1")(x_BxHxWxC))
+    h = _conv3x3(self.out_ch, name="conv1")(h)
+    temb_proj = nn.Dense(self.out_ch, kernel_init=default_init(), name="temb_proj")
+    h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
+    h = nn.silu(_group_norm(self.num_groups, name="norm2")(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = _conv3x3(self.out_ch, scale=ZERO_ISH_SCALE, name="conv2")(h)
+    if x_BxHxWxC.shape[-1] != self.out_ch:
+      # 1x1 conv ("network in network") so the shortcut matches out_ch.
+      nin_shortcut = nn.Dense(self.out_ch, kernel_init=default_init(), name="nin_shortcut")
+      x_BxHxWxC = nin_shortcut(x_BxHxWxC)
+    return x_BxHxWxC + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all spatial positions, as a residual branch."""
+
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    """Returns x + Attn(GN(x)) as [B, H, W, C]."""
+    B, H, W, C = x_BxHxWxC.shape
+    h_BxNxC = _group_norm(self.num_groups, name="norm")(x_BxHxWxC).reshape(B, H * W, C)
+    q, k, v = (nn.Dense(C, kernel_init=default_init(), name=n)(h_BxNxC) for n in "qkv")
+    logits_BxNxN = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(C)
+    w_BxNxN = jax.nn.softmax(logits_BxNxN.astype(jnp.float32), axis=-1).astype(v.dtype)
+    h_BxNxC = jnp.einsum("bqk,bkc->bqc", w_BxNxN, v)
+    h_BxNxC = nn.Dense(C, kernel_init=default_init(ZERO_ISH_SCALE), name="proj_out")(h_BxNxC)
+    return x_BxHxWxC + h_BxNxC.reshape(B, H, W, C)
+
+
+class Downsample(nn.Module):
+  """Halves height and width: stride-2 3x3 conv, or 2x2 average pooling."""
+
+  with_conv: bool
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    """Returns [B, H/2, W/2, C]."""
+    if self.with_conv:
+      return _conv3x3(x_BxHxWxC.shape[-1], stride=2, name="conv")(x_BxHxWxC)
+    return nn.avg_pool(x_BxHxWxC, (2, 2), strides=(2, 2))
+
+
+class Upsample(nn.Module):
+  """Doubles height and width: nearest-neighbour, then optionally a 3x3 conv."""
+
+  with_conv: bool
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    """Returns [B, 2H, 2W, C]."""
+    h = jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
+    return _conv3x3(h.shape[-1], name="conv")(h) if self.with_conv else h
+
+
+class UNet(nn.Module):
+  """The noise predictor eps_theta(x_t, t); defaults are the paper's CIFAR-10 model (35.7M)."""
+
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  num_groups: int = 32
+  resamp_with_conv: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
+    """Predicts the noise in x_t.
+
+    Args:
+      x_BxHxWxC: [B, H, W, C] noisy images x_t, square.
+      t_B: [B] timestep indices (int or float).
+      train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
+
+    Returns:
+      eps_BxHxWxC: [B, H, W, C] predicted noise.
+    """
+    _, H, W, C = x_BxHxWxC.shape
+    if H != W:
+      raise ValueError(f"UNet expects square images, got {H}x{W}; resize or crop them")
+    check_unet_config(H, self.ch, self.ch_mult, self.num_groups, self.attn_resolutions)
+
+    temb = timestep_embedding(t_B, self.ch)
+    temb = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense0")(temb)
+    temb_BxE = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense1")(nn.silu(temb))
+
+    def res(h, out_ch, name):
+      return ResnetBlock(out_ch, self.dropout, self.num_groups, name=name)(h, temb_BxE, train)
+
+    def attn_if_listed(h, name):
+      if h.shape[1] in self.attn_resolutions:
+        return AttnBlock(self.num_groups, name=name)(h)
+      return h
+
+    # Down path: every block's output is kept for the skip connections.
+    hs = [_conv3x3(self.ch, name="conv_in")(x_BxHxWxC)]
+    for i, mult in enumerate(self.ch_mult):
+      for j in range(self.num_res_blocks):
+        h = res(hs[-1], self.ch * mult, f"down{i}_res{j}")
+        hs.append(attn_if_listed(h, f"down{i}_attn{j}"))
+      if i != len(self.ch_mult) - 1:
+        hs.append(Downsample(self.resamp_with_conv, name=f"down{i}_downsample")(hs[-1]))
+
+    h = hs[-1]
+    h = res(h, h.shape[-1], "mid_res0")
+    h = AttnBlock(self.num_groups, name="mid_attn")(h)
+    h = res(h, h.shape[-1], "mid_res1")
+
+    # Up path: one block more per level than going down, to consume the downsample outputs too.
+    for i, mult in reversed(list(enumerate(self.ch_mult))):
+      for j in range(self.num_res_blocks + 1):
+        h = res(jnp.concatenate([h, hs.pop()], axis=-1), self.ch * mult, f"up{i}_res{j}")
+        h = attn_if_listed(h, f"up{i}_attn{j}")
+      if i != 0:
+        h = Upsample(self.resamp_with_conv, name=f"up{i}_upsample")(h)
+
+    h = nn.silu(_group_norm(self.num_groups, name="norm_out")(h))
+    return _conv3x3(C, scale=ZERO_ISH_SCALE, name="conv_out")(h)

@@ -1,0 +1,143 @@
+"""train_and_evaluate: the training loop with checkpoints, metrics, previews and preemption."""
+
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from diffusion_jax import (
+  checkpoints,
+  data,
+  generation,
+  metrics,
+  models,
+  previews,
+  schedules,
+  sharding,
+  train_lib,
+)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls, so it can save before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(pending: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
+  """Raises at the first non-finite loss among the steps since the last check."""
+  for offset, loss in enumerate(np.asarray(jax.device_get([m["loss"] for m in pending]))):
+    if not np.isfinite(loss):
+      raise FloatingPointError(
+        f"loss is {loss} at step {first_step + offset + 1}; training stopped. "
+        f"The last good checkpoint is step {ckpt.latest_step()}."
+      )
+
+
+def abstract_train_state(config, model, example_shape, mesh):
+  """The train state's shapes, dtypes and (replicated) shardings, without allocating it."""
+  shapes = jax.eval_shape(
+    lambda k: train_lib.create_train_state(config, model, example_shape, k), jax.random.key(0)
+  )
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
+  """Trains per config in workdir, resuming from its latest checkpoint; returns the final state."""
+  mesh = sharding.data_mesh()
+  training = config.training
+  sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
+  model = models.create_model(config)
+  sched = schedules.schedule_from_config(config.diffusion)
+  ds = data.create_dataset(config.data, training.batch_size, config.seed)
+  init_key, train_key, preview_key = jax.random.split(jax.random.key(config.seed), 3)
+
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=training.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract_train_state(config, model, ds.example_shape, mesh))
+    logging.info("resumed from step %d", int(state.step))
+  else:
+    state = jax.jit(
+      lambda k: train_lib.create_train_state(config, model, ds.example_shape, k),
+      out_shardings=sharding.replicated(mesh),
+    )(init_key)
+  is_main = jax.process_index() == 0
+  if is_main:
+    # A resumed run may change how it trains, but not what it models.
+    checkpoints.save_config(workdir, config, mutable=("training", "optim", "sampling"))
+  train_step = train_lib.make_train_step(config, sched, mesh)
+  writer = metrics.MetricWriter(workdir, enabled=is_main)
+
+  start = int(state.step)
+  num_steps = training.num_train_steps
+  preemption = _Preemption()
+  pending, last_check, last_time = [], start, time.perf_counter()
+  batches = ds.iterate(start)
+  bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
+  try:
+    for step in range(start + 1, num_steps + 1):
+      x0 = sharding.shard_batch(next(batches), mesh)
+      state, step_metrics = train_step(state, x0, train_key)
+      pending.append(step_metrics)
+      bar.update(1)
+      stopping = preemption.requested or step == num_steps
+      if step % training.log_every == 0 or step % training.checkpoint_every == 0 or stopping:
+        _check_finite(pending, last_check, ckpt)
+        now = time.perf_counter()
+        scalars = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        scalars["steps_per_sec"] = len(pending) / (now - last_time)
+        scalars["images_per_sec"] = scalars["steps_per_sec"] * training.batch_size
+        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+        pending, last_check, last_time = [], step, now
+      if step % training.checkpoint_every == 0 or stopping:
+        ckpt.save(step, state)
+      if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
+        _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
+      if preemption.requested:
+        logging.warning("SIGTERM: saved a checkpoint at step %d and stopped", step)
+        break
+  finally:
+    bar.close()
+    preemption.restore()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  return state
+
+
+def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, step):
+  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
+  samples = generation.generate(
+    model,
+    state.ema_params,
+    sched,
+    ds.example_shape,
+    config.training.num_sample_images,
+    config.sampling.batch_size,
+    key,
+    mesh,
+    variance=config.sampling.variance,
+    clip_x0=config.sampling.clip_x0,
+    progress=False,
+  )
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "previews", f"step_{step:07d}.png")
+  reference = None if ds.is_image else ds.data_samples(min(2000, ds.num_examples))
+  picture = previews.save_preview(path, samples, reference)
+  writer.write_images(step, {"samples": picture})

@@ -1,0 +1,55 @@
+"""Samples from a trained run: python sample.py --workdir=runs/cifar10 [--num_samples=64 --gif].
+
+Writes <out>/samples.png and <out>/samples.npz (uint8 NHWC images, the format FID tools read; float
+points for 2D data), and with --gif an animation of the reverse process.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from diffusion_jax import checkpoints, run_loading, sample_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many samples to draw.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Samples per batch (default: the config's).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_OUT = flags.DEFINE_string(
+  "out", None, "Output folder (default: <workdir>/samples/step_<N>_seed_<S>)."
+)
+_GIF = flags.DEFINE_bool(
+  "gif", False, "Also write reverse.gif, an animation of the reverse process."
+)
+_RAW = flags.DEFINE_bool("raw_params", False, "Sample from the raw params instead of the EMA.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs already in --out.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoints.quiet_orbax_logs()
+  try:
+    if _NUM_SAMPLES.value < 1:
+      raise ValueError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
+    run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
+    out = _OUT.value or os.path.join(
+      _WORKDIR.value, "samples", f"step_{run.step:07d}_seed_{_SEED.value}"
+    )
+    if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
+      raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
+    batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
+    paths = sample_lib.sample_and_save(
+      run, out, _NUM_SAMPLES.value, batch_size, _SEED.value, _GIF.value
+    )
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)

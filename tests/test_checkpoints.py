@@ -1,0 +1,233 @@
+"""Tests for diffusion_jax.checkpoints: orbax save/restore, resume after a kill, and the config."""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from diffusion_jax import checkpoints
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class EmaState(train_state.TrainState):
+  ema_params: dict
+
+
+def make_state(kernel_shape=(3, 4), extra_layer=False) -> EmaState:
+  """A TrainState after one adam step, so step, moments and EMA all differ from their init."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {
+    "dense": {
+      "kernel": jax.random.normal(keys[0], kernel_shape),
+      "bias": jax.random.normal(keys[1], kernel_shape[-1:]),
+    }
+  }
+  if extra_layer:
+    params["out"] = {"kernel": jnp.ones((kernel_shape[-1], 2))}
+  state = EmaState.create(apply_fn=None, params=params, tx=optax.adam(1e-2), ema_params=params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = jax.jit(lambda s, g: s.apply_gradients(grads=g))(state, grads)  # as in training
+  return state.replace(ema_params=jax.tree.map(lambda p: 0.5 * p, state.params))
+
+
+def abstract(state):
+  return jax.eval_shape(lambda: state)
+
+
+def test_roundtrip_is_bit_identical(tmp_path):
+  state = make_state()
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(1, state, wait=True)
+  ckpt.close()
+
+  restored = checkpoints.Checkpointer(str(tmp_path)).restore(abstract(state))
+  assert isinstance(restored, EmaState)
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+    assert np.asarray(got).dtype == np.asarray(want).dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_latest_step_and_max_to_keep(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
+  assert ckpt.latest_step() is None
+  assert ckpt.all_steps() == []
+  state = {"w": jnp.zeros((2,))}
+  for step in (10, 20, 30):
+    ckpt.save(step, state)
+  ckpt.wait()
+  assert ckpt.latest_step() == 30
+  assert ckpt.all_steps() == [20, 30]
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "30"]
+  assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 30
+
+
+def test_restore_picks_latest_or_given_step(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  for step in (1, 2):
+    ckpt.save(step, {"w": jnp.full((2,), float(step))})
+  ckpt.wait()
+  target = {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}
+  np.testing.assert_array_equal(ckpt.restore(target)["w"], [2.0, 2.0])
+  np.testing.assert_array_equal(ckpt.restore(target, step=1)["w"], [1.0, 1.0])
+  with pytest.raises(ValueError, match=r"no checkpoint for step 5 .*available: \[1, 2\]"):
+    ckpt.restore(target, step=5)
+
+
+def test_restore_without_checkpoint_says_train_first(tmp_path):
+  workdir = str(tmp_path / "runs" / "x")
+  with pytest.raises(
+    FileNotFoundError, match=r"no checkpoint in .*runs/x/checkpoints; train first"
+  ):
+    checkpoints.Checkpointer(workdir).restore(abstract(make_state()))
+
+
+@pytest.mark.parametrize(
+  "other, expected",
+  [
+    (
+      dict(kernel_shape=(3, 5)),
+      r"step 7 does not match the model config: params/dense/bias has shape \(4,\) in the "
+      r"checkpoint but \(5,\) in the model$",
+    ),
+    (
+      dict(extra_layer=True),
+      r"step 7 does not match the model config: params/out/kernel \(4, 2\) is not in the "
+      r"checkpoint$",
+    ),
+  ],
+  ids=["wider_layer", "extra_layer"],
+)
+def test_restore_with_other_model_config_names_the_param(tmp_path, other, expected):
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(7, make_state(), wait=True)
+  with pytest.raises(ValueError, match=expected) as info:
+    ckpt.restore(abstract(make_state(**other)))
+  assert "\n" not in str(info.value)
+
+
+def test_restore_with_smaller_model_names_the_extra_param(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(7, make_state(extra_layer=True), wait=True)
+  with pytest.raises(ValueError, match=r"params/out/kernel \(4, 2\) is in the checkpoint but"):
+    ckpt.restore(abstract(make_state()))
+
+
+def test_restore_into_sharded_abstract_state(tmp_path):
+  state = make_state()
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(1, state, wait=True)
+  mesh = jax.make_mesh((4,), ("data",))
+  replicated = NamedSharding(mesh, P())
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract(state)
+  )
+  restored = ckpt.restore(target)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+    assert got.sharding == replicated
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+# Saves step 2 in a fresh process whose finalize (orbax's rename of a tmp dir into place) never
+# returns, so the parent can SIGKILL it at the worst moment: arrays written, nothing committed.
+_STALLED_SAVE = textwrap.dedent(
+  """
+  import sys, time
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  from diffusion_jax import checkpoints
+
+  async def stall(self):
+    print("finalizing", flush=True)
+    time.sleep(600)
+
+  ocp.path.atomicity.AtomicRenameTemporaryPath.finalize = stall
+  checkpoints.Checkpointer(sys.argv[1]).save(2, {"w": jnp.full((3,), 2.0)}, wait=True)
+  """
+)
+
+
+def test_run_killed_mid_save_resumes_from_last_complete_step(tmp_path):
+  workdir = str(tmp_path)
+  ckpt = checkpoints.Checkpointer(workdir)
+  ckpt.save(1, {"w": jnp.full((3,), 1.0)}, wait=True)
+  ckpt.close()
+
+  proc = subprocess.Popen(
+    [sys.executable, "-c", _STALLED_SAVE, workdir], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+  )
+  try:
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready and proc.stdout.readline().strip() == "finalizing"
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  ckpt_dir = tmp_path / "checkpoints"
+  assert list(ckpt_dir.glob("2.orbax-checkpoint-tmp*"))  # the killed save's data is on disk
+  assert not (ckpt_dir / "2").exists()
+
+  resumed = checkpoints.Checkpointer(workdir)
+  assert resumed.latest_step() == 1
+  assert resumed.all_steps() == [1]
+  restored = resumed.restore({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+  np.testing.assert_array_equal(restored["w"], [1.0, 1.0, 1.0])
+  resumed.save(2, {"w": jnp.full((3,), 3.0)}, wait=True)  # the resumed run can redo step 2
+  assert resumed.all_steps() == [1, 2]
+  assert sorted(os.listdir(ckpt_dir)) == ["1", "2"]
+
+
+def make_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict()
+  config.model.ch_mult = (1, 2, 2)
+  config.model.attn_resolutions = (16,)
+  config.model.dropout = 0.1
+  config.model.name = "unet"
+  config.optim = ml_collections.ConfigDict({"learning_rate": 2e-4, "clip": True, "decay": None})
+  return config
+
+
+def test_config_roundtrip_keeps_values_and_tuples(tmp_path):
+  config = make_config()
+  checkpoints.save_config(str(tmp_path), config)
+  loaded = checkpoints.load_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+  assert loaded.model.ch_mult == (1, 2, 2) and isinstance(loaded.model.ch_mult, tuple)
+  assert loaded.model.attn_resolutions == (16,)
+  assert loaded.optim.learning_rate == 2e-4
+  with pytest.raises(AttributeError):
+    loaded.new_field = 1  # locked
+  assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
+  assert '"ch_mult": [\n' in (tmp_path / "config.json").read_text()  # human-readable
+
+
+def test_save_config_refuses_to_clobber_a_different_config(tmp_path):
+  checkpoints.save_config(str(tmp_path), make_config())
+  checkpoints.save_config(str(tmp_path), make_config())  # the same config again is fine
+  changed = make_config()
+  changed.model.dropout = 0.0
+  with pytest.raises(ValueError, match=r"different config \(changed: model\.dropout\)"):
+    checkpoints.save_config(str(tmp_path), changed)
+  assert checkpoints.load_config(str(tmp_path)).model.dropout == 0.1
+  # Changes confined to the mutable groups replace the file.
+  changed.model.dropout = 0.1
+  changed.optim.learning_rate = 1e-4
+  with pytest.raises(ValueError, match=r"changed: optim\.learning_rate"):
+    checkpoints.save_config(str(tmp_path), changed, mutable=("training",))
+  checkpoints.save_config(str(tmp_path), changed, mutable=("optim",))
+  assert checkpoints.load_config(str(tmp_path)).optim.learning_rate == 1e-4

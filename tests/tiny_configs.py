@@ -1,0 +1,37 @@
+"""Small versions of the shipped configs, fast enough for a 2-core CPU."""
+
+from configs import digits, toy2d
+
+
+def toy(num_train_steps: int = 40):
+  """toy2d (moons, MLP) with a short run and frequent checkpoints."""
+  config = toy2d.get_config()
+  config.model.hidden_dim = 32
+  config.training.batch_size = 64
+  config.training.num_train_steps = num_train_steps
+  config.training.log_every = 5
+  config.training.checkpoint_every = 10
+  config.training.sample_every = 20
+  config.training.num_sample_images = 64
+  config.sampling.batch_size = 64
+  config.data.num_points = 512
+  return config
+
+
+def digits_small(num_train_steps: int = 4):
+  """digits at 8x8 with a two-level U-Net of width 8 and a 20-step chain."""
+  config = digits.get_config()
+  config.data.image_size = 8
+  config.model.ch = 8
+  config.model.ch_mult = (1, 2)
+  config.model.attn_resolutions = (4,)
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 20
+  config.training.batch_size = 8
+  config.training.num_train_steps = num_train_steps
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.sample_every = num_train_steps
+  config.training.num_sample_images = 8
+  config.sampling.batch_size = 8
+  return config
