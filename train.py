@@ -33,5 +33,21 @@ def main(argv):
     sys.exit(1)
 
 
+def parse_flags(argv):
+  """absl's parsing, with a mistyped or ill-typed --config override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    print(
+      f"error: no such config field {str(e).strip(chr(34))} (see configs/default.py)",
+      file=sys.stderr,
+    )
+  except (TypeError, ValueError) as e:
+    print(f"error: invalid --config override: {e}", file=sys.stderr)
+  sys.exit(1)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

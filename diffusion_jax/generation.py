@@ -1,5 +1,7 @@
 """Batched, sharded sample generation from a trained network, with a progress bar."""
 
+import functools
+
 import jax
 import numpy as np
 import tqdm
@@ -15,6 +17,35 @@ def make_eps_fn(model: nn.Module, params) -> sampling.EpsFn:
   return lambda x, t: model.apply({"params": params}, x, t, train=False)
 
 
+# Module-level and keyed on its static arguments, so repeated calls (previews during training,
+# batch after batch) reuse one compilation.
+@functools.partial(
+  jax.jit,
+  static_argnames=("model", "batch_shape", "mesh", "variance", "clip_x0", "trajectory_every"),
+)
+def _sample_batch(
+  params, key, sched, *, model, batch_shape, mesh, variance, clip_x0, trajectory_every
+):
+  batch = sharding.batch_sharding(mesh)
+  out = sampling.sample(
+    make_eps_fn(model, params),
+    sched,
+    batch_shape,
+    key,
+    variance=variance,
+    clip_x0=clip_x0,
+    trajectory_every=trajectory_every,
+    sharding=batch,
+  )
+  if trajectory_every <= 0:
+    return jax.lax.with_sharding_constraint(out, batch)
+  x0, frames = out
+  return (
+    jax.lax.with_sharding_constraint(x0, batch),
+    jax.lax.with_sharding_constraint(frames, sharding.frames_sharding(mesh)),
+  )
+
+
 def make_sample_fn(
   model: nn.Module,
   sched: Schedule,
@@ -27,23 +58,16 @@ def make_sample_fn(
 ):
   """A jitted fn(params, key) -> x0 [B, ...] (and the trajectory), its batch split over devices."""
   sharding.check_batch_size(batch_shape[0], mesh, "sampling batch size")
-  batch = sharding.batch_sharding(mesh)
-
-  def sample_fn(params, key):
-    return sampling.sample(
-      make_eps_fn(model, params),
-      sched,
-      batch_shape,
-      key,
-      variance=variance,
-      clip_x0=clip_x0,
-      trajectory_every=trajectory_every,
-      sharding=batch,
-    )
-
-  # Trajectories are [F, B, ...]: split their batch axis, the second.
-  out = batch if trajectory_every <= 0 else (batch, sharding.frames_sharding(mesh))
-  return jax.jit(sample_fn, in_shardings=(sharding.replicated(mesh), None), out_shardings=out)
+  return functools.partial(
+    _sample_batch,
+    sched=sched,
+    model=model,
+    batch_shape=tuple(batch_shape),
+    mesh=mesh,
+    variance=variance,
+    clip_x0=clip_x0,
+    trajectory_every=trajectory_every,
+  )
 
 
 def generate(

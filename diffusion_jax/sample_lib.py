@@ -65,7 +65,7 @@ def sample_and_save(
   """Writes samples.npz (uint8 NHWC images, or float32 points), samples.png and optionally
   reverse.gif into out_dir; returns the paths written."""
   mesh = sharding.data_mesh()
-  key = jax.random.key(seed)
+  key, gif_key = jax.random.split(jax.random.key(seed))
   samples = generation.generate(
     run.model,
     run.params,
@@ -81,7 +81,7 @@ def sample_and_save(
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:
     paths.append(os.path.join(out_dir, "reverse.gif"))
-    write_reverse_gif(run, paths[2], jax.random.fold_in(key, -1), mesh)
+    write_reverse_gif(run, paths[2], gif_key, mesh)
   if jax.process_index() != 0:
     return []
   os.makedirs(out_dir, exist_ok=True)

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
 from diffusion_jax import (
   checkpoints,
@@ -32,6 +33,12 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; on several hosts, all of them agree on the step."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -94,8 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       state, step_metrics = train_step(state, x0, train_key)
       pending.append(step_metrics)
       bar.update(1)
-      stopping = preemption.requested or step == num_steps
-      if step % training.log_every == 0 or step % training.checkpoint_every == 0 or stopping:
+      if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
+        _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
+      # Decided once, after all of this step's work, so a SIGTERM at any point is saved.
+      preempted = preemption.reached(step)
+      save = step % training.checkpoint_every == 0 or step == num_steps or preempted
+      if save or step % training.log_every == 0:
         _check_finite(pending, last_check, ckpt)
         now = time.perf_counter()
         scalars = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
@@ -104,11 +115,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         writer.write_scalars(step, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.4f}")
         pending, last_check, last_time = [], step, now
-      if step % training.checkpoint_every == 0 or stopping:
+      if save:
         ckpt.save(step, state)
-      if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
-        _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
-      if preemption.requested:
+      if preempted:
         logging.warning("SIGTERM: saved a checkpoint at step %d and stopped", step)
         break
   finally:

@@ -112,7 +112,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-3000:]
   saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
-  assert len(saved) == 1 and saved[0] >= 10
+  assert len(saved) == 1 and saved[0] >= 10, stderr[-2000:]
   resumed = run("train.py", *args, f"--config.training.num_train_steps={saved[0] + 10}")
   assert f"resumed from step {saved[0]}" in resumed.stderr
   assert str(saved[0] + 10) in os.listdir(os.path.join(workdir, "checkpoints"))

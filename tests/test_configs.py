@@ -1,4 +1,4 @@
-"""Every shipped config loads, passes the model's checks, and builds a network of the right shape."""
+"""Every shipped config loads, passes the model's checks and builds a network of the right shape."""
 
 import importlib
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -110,4 +111,22 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoint(tmp_path)
   bad_step = int(info.value.args[0].split("at step ")[1].split(";")[0])
   ckpt = checkpoints.Checkpointer(str(tmp_path))
   assert ckpt.latest_step() == bad_step - 1
+  ckpt.close()
+
+
+def test_sigterm_during_a_preview_still_saves_that_step(tmp_path, monkeypatch):
+  config = tiny_configs.toy(num_train_steps=40)
+  config.training.sample_every = 5
+  real_preview = train_loop._write_preview
+
+  def preview_then_terminate(*args):
+    real_preview(*args)
+    if args[-1] == 15:  # the step
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train_loop, "_write_preview", preview_then_terminate)
+  state = train_loop.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 15
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  assert ckpt.all_steps() == [10, 15]
   ckpt.close()
