@@ -26,11 +26,11 @@ def get_config():
   config.diffusion.beta_end = 0.1
 
   config.training.batch_size = 128
-  config.training.num_train_steps = 4000
+  config.training.num_train_steps = 10_000
   config.training.ema_decay = 0.99
-  config.training.log_every = 200
-  config.training.checkpoint_every = 1000
-  config.training.sample_every = 2000
+  config.training.log_every = 500
+  config.training.checkpoint_every = 5000
+  config.training.sample_every = 5000
   config.training.num_sample_images = 1000
 
   config.optim.learning_rate = 1e-3

@@ -1,0 +1,100 @@
+"""Gaussian-mixture data with exact marginals, scores and optimal noise predictors (test oracles).
+
+Data q_0 = sum_k w_k N(mu_k, sigma_k^2 I) in R^D. Under the forward process
+x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (DDPM eq. 4) every component stays Gaussian, so
+  q_t(x) = sum_k w_k N(x; sqrt(abar) mu_k, v_k I),   v_k = abar sigma_k^2 + 1 - abar,
+and its score and the optimal L_simple predictor eps* = -sqrt(1 - abar) grad log q_t are closed
+form.
+Image-shaped data [B, H, W, C] is a mixture over the flattened vector (D = H W C).
+"""
+
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax import sde
+from diffusion_jax.schedules import Schedule
+
+
+def _column(alpha_bar: jax.Array, n: int) -> jax.Array:
+  """alpha-bar, a scalar or [N], as a float32 [N, 1] column."""
+  return jnp.broadcast_to(jnp.asarray(alpha_bar, jnp.float32), (n,))[:, None]
+
+
+@flax.struct.dataclass
+class GaussianMixture:
+  """q_0 = sum_k w_k N(mu_k, sigma_k^2 I): weights w [K] (summing to 1), means mu [K, D], variances
+  sigma^2 [K]."""
+
+  weights: jax.Array
+  means: jax.Array
+  variances: jax.Array
+
+  @property
+  def dim(self) -> int:
+    return self.means.shape[1]
+
+  def sample(self, key: jax.Array, n: int) -> jax.Array:
+    """Draws n points x_0 ~ q_0: a component k ~ Cat(w), then mu_k + sigma_k z; returns [n, D]."""
+    comp_key, noise_key = jax.random.split(key)
+    k_N = jax.random.categorical(comp_key, jnp.log(self.weights), shape=(n,))
+    z_ND = jax.random.normal(noise_key, (n, self.dim), jnp.float32)
+    return self.means[k_N] + jnp.sqrt(self.variances[k_N])[:, None] * z_ND
+
+  def _components_t(self, x_ND: jax.Array, alpha_bar: jax.Array):
+    """log w_k N(x; sqrt(abar) mu_k, v_k I) [N, K], x - sqrt(abar) mu_k [N, K, D] and v_k [N, K]."""
+    abar_N1 = _column(alpha_bar, x_ND.shape[0])
+    v_NK = abar_N1 * self.variances[None, :] + (1.0 - abar_N1)
+    d_NKD = x_ND[:, None, :] - jnp.sqrt(abar_N1)[:, :, None] * self.means[None, :, :]
+    log_NK = (
+      jnp.log(self.weights)[None, :]
+      - 0.5 * self.dim * jnp.log(2.0 * math.pi * v_NK)
+      - 0.5 * jnp.sum(jnp.square(d_NKD), axis=-1) / v_NK
+    )
+    return log_NK, d_NKD, v_NK
+
+  def log_prob_t(self, x_ND: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """log q_t(x) for x [N, D] and alpha-bar a scalar or [N]; returns [N]."""
+    log_NK, _, _ = self._components_t(x_ND, alpha_bar)
+    return jax.nn.logsumexp(log_NK, axis=1)
+
+  def log_prob(self, x_ND: jax.Array) -> jax.Array:
+    """log q_0(x) for x [N, D]; returns [N]."""
+    return self.log_prob_t(x_ND, 1.0)
+
+  def score_t(self, x_ND: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """grad_x log q_t(x) = -sum_k r_k(x) (x - sqrt(abar) mu_k) / v_k for x [N, D]; returns [N, D].
+
+    The responsibilities r_k = softmax_k(log w_k N_k(x)) are a max-shifted log-sum-exp, so far-out
+    points do not underflow.
+    """
+    log_NK, d_NKD, v_NK = self._components_t(x_ND, alpha_bar)
+    r_NK = jax.nn.softmax(log_NK, axis=1)
+    return -jnp.sum((r_NK / v_NK)[:, :, None] * d_NKD, axis=1)
+
+  def eps(self, x_ND: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """Optimal L_simple predictor eps* = -sqrt(1 - abar) grad log q_t(x) for x [N, D]; [N, D]."""
+    abar_N1 = _column(alpha_bar, x_ND.shape[0])
+    return -jnp.sqrt(1.0 - abar_N1) * self.score_t(x_ND, alpha_bar)
+
+
+def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> sde.EpsFn:
+  """The exact eps_fn(x, t) of `mixture` under `sched`, for x [B, ...] (flattened to [B, D]).
+
+  An integer index t [B] uses the discrete alpha-bar = sched.alphas_cumprod[t]; a float index uses
+  the continuous alpha-bar(s) at s = (t + 1) / T (see `sde`), which agrees at integer t.
+
+  Returns:
+    eps_fn mapping (x [B, ...], t [B]) to eps* with x's shape.
+  """
+
+  def eps_fn(x: jax.Array, t_B: jax.Array) -> jax.Array:
+    if jnp.issubdtype(t_B.dtype, jnp.integer):
+      abar_B = sched.alphas_cumprod[t_B]
+    else:
+      abar_B = sde.alpha_bar(sched, sde.time_of(sched, t_B))
+    return mixture.eps(x.reshape(x.shape[0], -1), abar_B).reshape(x.shape)
+
+  return eps_fn
