@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusion_jax import generation, models, run_loading, schedules, sharding, train_lib  # noqa: E402
+from diffusion_jax import generation, models, run_loading, samplers, schedules, sharding, train_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "Timed train steps (after one to compile).")
@@ -74,12 +74,7 @@ def main(argv):
   short = schedules.make_schedule(np.asarray(sched.betas, np.float64)[:timed_steps])
   sample_batch = _SAMPLE_BATCH.value or config.sampling.batch_size
   sample_fn = generation.make_sample_fn(
-    model,
-    short,
-    (sample_batch, *shape),
-    mesh,
-    variance=config.sampling.variance,
-    clip_x0=config.sampling.clip_x0,
+    model, short, (sample_batch, *shape), mesh, samplers.spec_from_config(config.sampling)
   )
   _, sample_s = _timed(sample_fn, state.ema_params, jax.random.key(2))
   per_step = sample_s / timed_steps

@@ -63,6 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   optim.eps = 1e-8
 
   config.sampling = sampling = ml_collections.ConfigDict()
+  # ancestral | ddim | dpm_solver++ | ode_euler | ode_heun | ode_adaptive | sde (see README)
+  sampling.sampler = "ancestral"
+  sampling.steps = 0  # 0: the sampler's default (all T steps; 100 for ODEs; 20 for dpm_solver++)
+  sampling.spacing = ""  # subsequence when steps < T: uniform | quad | "" (the sampler's default)
+  sampling.eta = 0.0  # ddim only
   sampling.variance = (
     "fixedlarge"  # fixedlarge (sigma^2 = beta_t) | fixedsmall (posterior beta-tilde)
   )

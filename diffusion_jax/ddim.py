@@ -1,11 +1,11 @@
 """DDIM sampling (Song, Meng & Ermon 2021) on a timestep subsequence, for any eps_fn(x, t).
 
-Step tau_i -> tau_{i-1} (eq. 12, with abar written for the paper's alpha):
+Step tau_i -> tau_{i-1}, with abar for the paper's alpha and abar_prev = abar_{tau_{i-1}} (eq. 12):
   x_{tau_{i-1}} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_i^2) eps + sigma_i z,
-  sigma_i = eta sqrt((1 - abar_prev) / (1 - abar_{tau_i})) sqrt(1 - abar_{tau_i} / abar_prev) (eq. 16),
-where abar_prev = abar_{tau_{i-1}}, and abar = 1 after the last step (tau_1 -> x0), so that step
-returns x0_hat. eta = 0 is the deterministic DDIM ODE sampler; eta = 1 is ancestral sampling with
-sigma^2 = beta-tilde (`fixedsmall`) on the chain respaced to tau (see `respacing`).
+  sigma_i = eta sqrt((1 - abar_prev) / (1 - abar_{tau_i})) sqrt(1 - abar_{tau_i} / abar_prev) (16),
+and abar_prev = 1 at the last step (tau_1 -> x0), which therefore returns x0_hat. eta = 0 is the
+deterministic DDIM ODE sampler; eta = 1 is ancestral sampling with sigma^2 = beta-tilde
+(`fixedsmall`) on the chain respaced to tau (see `respacing`).
 """
 
 from collections.abc import Sequence
@@ -31,9 +31,10 @@ def ddim_sample(
 ) -> jax.Array:
   """DDIM from x_T ~ N(0, I) at tau_S down to x0, one model call per timestep (S in all).
 
-  As in `sampling.sample`, x_T is drawn from split(key)[0] and step i's noise from
-  fold_in(split(key)[1], i - 1), so eta = 1 on the full chain takes the same noise as
-  `sample(..., variance="fixedsmall")` with the same key.
+  As in `sampling.sample`, x_T is drawn from split(key)[0] and the step leaving tau_i draws its
+  noise from fold_in(split(key)[1], i - 1), i - 1 being the respaced chain's index; so eta = 1
+  takes the same noise as `sample(..., variance="fixedsmall")` on the respaced chain (or the full
+  one) with the same key, and reproduces its samples up to round-off.
 
   Args:
     eps_fn: the noise predictor, called with the original timestep indices tau_i.
@@ -72,9 +73,8 @@ def ddim_sample(
     if clip_x0:
       x0 = jnp.clip(x0, -1.0, 1.0)
       # eq. 4 solved for eps at the clipped x0, so that eta = 1 keeps the posterior mean.
-      eps = (x - diffusion.extract(sched.sqrt_alphas_cumprod, t_B, x) * x0) / diffusion.extract(
-        sched.sqrt_one_minus_alphas_cumprod, t_B, x
-      )
+      sqrt_abar = diffusion.extract(sched.sqrt_alphas_cumprod, t_B, x)
+      eps = (x - sqrt_abar * x0) / diffusion.extract(sched.sqrt_one_minus_alphas_cumprod, t_B, x)
     x = sqrt_abar_prev[i] * x0 + dir_coef[i] * eps  # eq. 12
     if eta > 0:
       x = x + sigma[i] * sampling._normal(jax.random.fold_in(step_key, i), shape, sharding)

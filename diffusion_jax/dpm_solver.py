@@ -45,8 +45,12 @@ def dpm_solver_sample(
     sched: the schedule the model was trained with (may be traced).
     shape: [B, ...] shape of the samples.
     key: PRNG key (used for x_T only).
-    timesteps: tau_1 < ... < tau_S in 0..T-1 (e.g. `respacing.timestep_subsequence`); a tuple
-      when it is a static argument of `jax.jit`.
+    timesteps: tau_1 < ... < tau_S in 0..T-1, a tuple when it is a static argument of `jax.jit`.
+      Prefer spacings dense at low noise such as `timestep_subsequence(T, S, "quad")`: with
+      `uniform` ones the step into tau_1 = 0 is several times longer in lambda than the step
+      before, and the second-order extrapolation overshoots (on a 2D Gaussian-mixture oracle,
+      linear schedule, the widest component std comes out 70% / 21% too wide at S = 10 / 25,
+      against 9% / 2.5% with `quad`).
     clip_x0: clip every x0_hat to [-1, 1] (static thresholding, for data in [-1, 1]).
     x_T: optional starting point [B, ...] instead of one drawn from `key`.
     sharding: optional sharding for x_T (the batch's), when run under jit on a mesh.
@@ -57,17 +61,17 @@ def dpm_solver_sample(
   taus = respacing.check_timesteps(timesteps, sched.num_timesteps)
   x = sampling._normal(jax.random.split(key)[0], shape, sharding) if x_T is None else x_T
   taus_S = jnp.asarray(taus, jnp.int32)
-  alpha, alpha_next = respacing.step_pairs(sched.sqrt_alphas_cumprod, taus, 1.0)
-  sigma, sigma_next = respacing.step_pairs(sched.sqrt_one_minus_alphas_cumprod, taus, 0.0)
-  lam, lam_next = jnp.log(alpha / sigma), jnp.log(alpha_next / sigma_next)  # lam_next[0] = inf
-  h = lam_next - lam  # step i (index i - 1) goes tau_i -> tau_{i-1}; h[0] = inf
-  x_coef = sigma_next / sigma
-  d_coef = -alpha_next * jnp.expm1(-h)  # -alpha_t (e^{-h} - 1); 1 at the last step
-  # 1 / (2 r_i) = h_i / (2 h_{i+1}): step i + 1 runs just before step i. 0 makes a step first order:
-  # the first (no previous x0_hat) and the last (to sigma = 0, where r = 0).
+  # Per-step tables [S]; entry k is the step tau_{k+1} -> tau_k, the last one (k = 0) to x0.
+  alpha_s, alpha_t = respacing.step_pairs(sched.sqrt_alphas_cumprod, taus, 1.0)
+  sigma_s, sigma_t = respacing.step_pairs(sched.sqrt_one_minus_alphas_cumprod, taus, 0.0)
+  h = jnp.log(alpha_t / sigma_t) - jnp.log(alpha_s / sigma_s)  # lambda_t - lambda_s; h[0] = inf
+  x_coef = sigma_t / sigma_s  # 0 at k = 0
+  d_coef = -alpha_t * jnp.expm1(-h)  # -alpha_t (e^{-h} - 1); 1 at k = 0
+  # 1 / (2 r) = h / (2 h'), h' = h[k + 1] being the step just before. 0 makes a step first order:
+  # the first (k = S - 1, no previous x0_hat) and the last (k = 0, to sigma = 0, where r = 0).
   num_steps = len(taus)
-  inner = (jnp.arange(num_steps) > 0) & (jnp.arange(num_steps) < num_steps - 1)
-  half_inv_r = jnp.where(inner, h / (2.0 * jnp.append(h[1:], 1.0)), 0.0)
+  k = jnp.arange(num_steps)
+  half_inv_r = jnp.where((k > 0) & (k < num_steps - 1), h / (2.0 * jnp.append(h[1:], 1.0)), 0.0)
 
   def step(carry, i):
     x, x0_prev = carry

@@ -8,7 +8,7 @@ import tqdm
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from diffusion_jax import sampling, sharding
+from diffusion_jax import samplers, sampling, sharding
 from diffusion_jax.schedules import Schedule
 
 
@@ -17,33 +17,45 @@ def make_eps_fn(model: nn.Module, params) -> sampling.EpsFn:
   return lambda x, t: model.apply({"params": params}, x, t, train=False)
 
 
+class _StaticSchedule:
+  """A schedule as a static jit argument (hashed by its betas): samplers such as respaced ancestral
+  sampling build new coefficients from it on the host."""
+
+  def __init__(self, sched: Schedule):
+    self.sched = sched
+    self._key = np.asarray(sched.betas).tobytes()
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _StaticSchedule) and self._key == other._key
+
+
 # Module-level and keyed on its static arguments, so repeated calls (previews during training,
 # batch after batch) reuse one compilation.
 @functools.partial(
   jax.jit,
-  static_argnames=("model", "batch_shape", "mesh", "variance", "clip_x0", "trajectory_every"),
+  static_argnames=("static_sched", "model", "batch_shape", "mesh", "spec", "trajectory_every"),
 )
-def _sample_batch(
-  params, key, sched, *, model, batch_shape, mesh, variance, clip_x0, trajectory_every
-):
+def _sample_batch(params, key, *, static_sched, model, batch_shape, mesh, spec, trajectory_every):
   batch = sharding.batch_sharding(mesh)
-  out = sampling.sample(
-    make_eps_fn(model, params),
-    sched,
-    batch_shape,
-    key,
-    variance=variance,
-    clip_x0=clip_x0,
-    trajectory_every=trajectory_every,
-    sharding=batch,
-  )
-  if trajectory_every <= 0:
-    return jax.lax.with_sharding_constraint(out, batch)
-  x0, frames = out
-  return (
-    jax.lax.with_sharding_constraint(x0, batch),
-    jax.lax.with_sharding_constraint(frames, sharding.frames_sharding(mesh)),
-  )
+  eps_fn = make_eps_fn(model, params)
+  if trajectory_every > 0:  # the reverse process of the full ancestral chain, for animations
+    x0, frames = sampling.sample(
+      eps_fn,
+      static_sched.sched,
+      batch_shape,
+      key,
+      variance=spec.variance,
+      clip_x0=spec.clip_x0,
+      trajectory_every=trajectory_every,
+      sharding=batch,
+    )
+    frames = jax.lax.with_sharding_constraint(frames, sharding.frames_sharding(mesh))
+    return jax.lax.with_sharding_constraint(x0, batch), frames
+  x0, nfe = samplers.run(spec, eps_fn, static_sched.sched, batch_shape, key, sharding=batch)
+  return jax.lax.with_sharding_constraint(x0, batch), nfe
 
 
 def make_sample_fn(
@@ -51,21 +63,20 @@ def make_sample_fn(
   sched: Schedule,
   batch_shape: tuple[int, ...],
   mesh,
+  spec: samplers.SamplerSpec,
   *,
-  variance: str,
-  clip_x0: bool,
   trajectory_every: int = 0,
 ):
-  """A jitted fn(params, key) -> x0 [B, ...] (and the trajectory), its batch split over devices."""
+  """A jitted fn(params, key) -> (x0 [B, ...], NFE per sample), or with trajectory_every > 0
+  (x0, ancestral trajectory [F, B, ...]); the batch is split over devices."""
   sharding.check_batch_size(batch_shape[0], mesh, "sampling batch size")
   return functools.partial(
     _sample_batch,
-    sched=sched,
+    static_sched=_StaticSchedule(sched),
     model=model,
     batch_shape=tuple(batch_shape),
     mesh=mesh,
-    variance=variance,
-    clip_x0=clip_x0,
+    spec=spec,
     trajectory_every=trajectory_every,
   )
 
@@ -79,26 +90,24 @@ def generate(
   batch_size: int,
   key: jax.Array,
   mesh,
+  spec: samplers.SamplerSpec,
   *,
-  variance: str = "fixedlarge",
-  clip_x0: bool = True,
   progress: bool = True,
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
   """Draws num_samples samples in batches; batch i uses fold_in(key, i).
 
   The batch size is rounded up to a multiple of the device count; extra samples are dropped.
 
   Returns:
-    float32 [num_samples, *example_shape] on the host.
+    (float32 [num_samples, *example_shape] on the host, mean network evaluations per sample).
   """
   batch_size = -(-min(batch_size, num_samples) // mesh.size) * mesh.size
-  sample_fn = make_sample_fn(
-    model, sched, (batch_size, *example_shape), mesh, variance=variance, clip_x0=clip_x0
-  )
+  sample_fn = make_sample_fn(model, sched, (batch_size, *example_shape), mesh, spec)
   num_batches = -(-num_samples // batch_size)
-  out = []
+  out, nfes = [], []
   bar = tqdm.trange(num_batches, desc="sampling", unit="batch", disable=not progress, leave=False)
   for i in bar:
-    x0 = sample_fn(params, jax.random.fold_in(key, i))
+    x0, nfe = sample_fn(params, jax.random.fold_in(key, i))
     out.append(np.asarray(multihost_utils.process_allgather(x0, tiled=True)))
-  return np.concatenate(out)[:num_samples]
+    nfes.append(int(nfe))
+  return np.concatenate(out)[:num_samples], float(np.mean(nfes))

@@ -4,9 +4,11 @@ Along dx/ds = f(x, s) (`sde.pf_ode_drift`) the instantaneous change of variables
 d log p_s(x(s)) / ds = -div f(x(s), s), so integrating [x, int div f ds] from s_min up to s = 1,
   log p_{s_min}(x) = log N(x(1); 0, I) + int_{s_min}^1 div f(x(s), s) ds.
 p_{s_min} is the model's density at s_min (default 1/T, the first discrete step), and N(0, I)
-stands in for its (near-Gaussian) marginal at s = 1. The divergence is exact (one forward-mode
-pass per dimension) or Hutchinson's estimate E_v[v^T (df/dx) v] with one probe v per example held
-fixed along the path; the estimate of the log-likelihood is then unbiased.
+stands in for its (near-Gaussian) marginal at s = 1. The integral is taken in lambda = log
+alpha-bar, as int div g dlambda with g = dx/dlambda (`sde.pf_ode_drift_log_alpha_bar`), which is the
+same integral without beta's jumps. The divergence is exact (one forward-mode pass per dimension)
+or Hutchinson's estimate E_v[v^T (dg/dx) v] with one probe v per example held fixed along the
+path; the log-likelihood estimate is then unbiased.
 """
 
 import math
@@ -74,7 +76,7 @@ def log_likelihood(
     divergence: `exact` (trace by D jvps, for low dimension D) or Hutchinson's estimator with
       `rademacher` or `gaussian` probes (one jvp).
     s_min: the time x lives at; default 1/T.
-    method, num_steps, rtol, atol: the ODE solver, as in `ode_samplers.solve`.
+    method, num_steps, rtol, atol: the ODE solver, as in `ode_samplers.sample`.
 
   Returns:
     (log-likelihood [B] in nats, NFE: evaluations of the augmented drift, each one jvp of eps_fn
@@ -82,19 +84,19 @@ def log_likelihood(
   """
   v = None if divergence == "exact" else _probe(key, x.shape, divergence)
 
-  def augmented(state, s):
-    """[dx/ds, d(int div f)/ds] = [f(x, s), div f(x, s)] (exact or v^T (df/dx) v)."""
+  def augmented(state, lam):
+    """[dx/dlambda, d(int div g)/dlambda] = [g(x), div g(x)] (exact or v^T (dg/dx) v)."""
     x_, _ = state
-    f = lambda y: sde.pf_ode_drift(eps_fn, sched, y, s)
+    g = lambda y: sde.pf_ode_drift_log_alpha_bar(eps_fn, sched, y, lam)
     if v is None:
-      return f(x_), _exact_divergence(f, x_)
-    f_x, jv = jax.jvp(f, (x_,), (v,))
-    return f_x, _per_example_sum(v * jv)
+      return g(x_), _exact_divergence(g, x_)
+    g_x, jv = jax.jvp(g, (x_,), (v,))
+    return g_x, _per_example_sum(v * jv)
 
   state = (x, jnp.zeros((x.shape[0],), jnp.float32))
-  s_start = sde.final_time(sched, s_min)
+  grid = ode_samplers.pf_ode_grid(sched, num_steps, s_min)[::-1]  # s_min up to s = 1
   (x_1, div_integral), nfe = ode_samplers.solve(
-    augmented, state, s_start, 1.0, method=method, num_steps=num_steps, rtol=rtol, atol=atol
+    augmented, state, grid, method=method, rtol=rtol, atol=atol
   )
   return standard_normal_log_prob(x_1) + div_integral, nfe
 

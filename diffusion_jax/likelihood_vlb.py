@@ -2,13 +2,14 @@
 
 Ho et al. (2020), eq. 5 (after Sohl-Dickstein et al. 2015): for each example x0,
 
-  -log p(x0) <= L = L_T + sum_{t=2..T} L_{t-1} + L_0, where
+  -log p(x0) <= E_q[L],  L = L_T + sum_{t=2..T} L_{t-1} + L_0, where
   L_T     = KL(q(x_T | x0) || N(0, I)),
-  L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), one draw x_t ~ q(x_t | x0) per term,
-  L_0     = -log p(x0 | x1), the decoder (eq. 13 for 8-bit data, or a Gaussian density).
+  L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)),
+  L_0     = -log p(x0 | x1), the decoder (eq. 13 for 8-bit data, or a Gaussian density),
+each term with its own draw x_t ~ q(x_t | x0), so L is an unbiased one-sample estimate of E_q[L].
 
-In timestep indices (see `schedules`), the term at index t >= 1 is the KL at the paper's step t+1 and
-the term at index 0 is L_0. Bits per dimension are nats / (D ln 2), D the number of data dimensions.
+In timestep indices (see `schedules`), the term at index t >= 1 is the KL at the paper's step t+1
+and the term at index 0 is L_0. Bits per dimension are nats / (D ln 2), D the data's dimension.
 """
 
 import dataclasses
@@ -34,9 +35,11 @@ DECODERS = ("discretized", "gaussian")
 _LOG_MIN_PROB = math.log(1e-12)
 
 
-def normal_kl(mean1: jax.Array, logvar1: jax.Array, mean2: jax.Array, logvar2: jax.Array):
+def normal_kl(
+  mean1: jax.Array, logvar1: jax.Array, mean2: jax.Array, logvar2: jax.Array
+) -> jax.Array:
   """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise in nats; inputs broadcast."""
-  # 0.5 [log(v2 / v1) + v1 / v2 - 1 + (m1 - m2)^2 / v2]; expm1 keeps near-equal variances exact.
+  # 0.5 [log(v2 / v1) + v1 / v2 - 1 + (m1 - m2)^2 / v2]; expm1 keeps near-equal variances accurate.
   d = logvar1 - logvar2
   return 0.5 * (jnp.expm1(d) - d + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
 
@@ -171,9 +174,7 @@ def vlb_bpd(
   decoder: str = "discretized",
 ) -> jax.Array:
   """The bound in bits per dimension averaged over the batch x0 [B, ...]; a scalar."""
-  terms = vlb_terms(
-    eps_fn, sched, x0, key, variance=variance, clip_x0=clip_x0, decoder=decoder
-  )
+  terms = vlb_terms(eps_fn, sched, x0, key, variance=variance, clip_x0=clip_x0, decoder=decoder)
   return terms.total_bpd.mean()
 
 
@@ -243,7 +244,9 @@ def evaluate_vlb(
     # Padding to the largest batch so far keeps one compilation for a shorter last batch.
     padded = max(padded, -(-n // mesh.size) * mesh.size)
     x0 = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
-    terms = jax.device_get(fn(params, sched, sharding.shard_batch(x0, mesh), jax.random.fold_in(key, i)))
+    terms = jax.device_get(
+      fn(params, sched, sharding.shard_batch(x0, mesh), jax.random.fold_in(key, i))
+    )
     total = np.asarray(terms.total_bpd[:n], np.float64)
     total_sum += total.sum()
     total_sq += np.square(total).sum()
@@ -255,12 +258,12 @@ def evaluate_vlb(
   bar.close()
   if seen == 0:
     raise ValueError("no examples to evaluate")
-  mean = total_sum / seen
-  variance_of_mean = max(total_sq / seen - mean**2, 0.0) / max(seen - 1, 1)
+  mean = float(total_sum / seen)
+  variance_of_mean = max(float(total_sq / seen) - mean**2, 0.0) / max(seen - 1, 1)
   return VLBSummary(
     total_bpd=mean,
     total_bpd_stderr=math.sqrt(variance_of_mean),
-    prior_bpd=prior_sum / seen,
+    prior_bpd=float(prior_sum / seen),
     terms_bpd=terms_sum / seen,
     num_examples=seen,
     num_network_evals=seen * num_timesteps,

@@ -1,11 +1,12 @@
 """Probability-flow ODE solvers: fixed-step Euler and Heun, and adaptive Dormand-Prince 5(4).
 
-`solve` integrates dy/ds = drift(y, s) for any pytree y of float32 arrays, in either direction of
-s (data to noise, s increasing, or back); `sample` runs the probability-flow ODE of `sde` from
-x(1) ~ N(0, I) down to s_min, by default 1/T, the knot of the first discrete step (t = 0), since
-beta(s) and the score are only defined by the schedule on (0, 1].
+`solve` integrates dy/dr = drift(y, r) for any pytree y of float32 arrays along a time grid, in
+either direction. `sample` runs the probability-flow ODE of `sde` from x(1) ~ N(0, I) down to
+s_min, by default 1/T, the knot of the first discrete step (t = 0). Its grid is uniform in s, but
+it integrates in lambda = log alpha-bar(s) (`sde.pf_ode_drift_log_alpha_bar`), where the drift has
+no jumps at the schedule's knots: a step from s_i to s_{i+1} spans exactly int beta ds.
 
-NFE counts evaluations of `drift` (one network call each, for the probability-flow drift): Euler
+NFE counts evaluations of `drift` (one network call each for the probability-flow drift): Euler
 uses N per N steps, Heun 2N, and the adaptive solver 1 + 6 per attempted step (first-same-as-last:
 the 7th stage of an accepted step is the 1st of the next; rejected steps count too).
 """
@@ -22,18 +23,19 @@ from diffusion_jax.schedules import Schedule
 Drift = Callable[[Any, jax.Array], Any]
 METHODS = ("euler", "heun", "adaptive")
 
-# Dormand & Prince (1980) RK5(4)7M tableau: stage nodes c, stage weights a, the 5th-order weights b
-# (also the 7th stage's row, hence first-same-as-last) and b - b*, b* the embedded 4th-order ones.
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+# Dormand & Prince (1980) RK5(4)7M: stage nodes c_i and the stage matrix a_ij, whose last row is the
+# 5th-order weights b (first-same-as-last: stage 7 is drift(y_new), the next step's stage 1), and
+# the error weights b - b*, b* the embedded 4th-order ones.
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
 _A = (
-  (),
-  (1 / 5,),
-  (3 / 40, 9 / 40),
-  (44 / 45, -56 / 15, 32 / 9),
-  (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-  (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+  (0.0,) * 7,
+  (1 / 5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+  (3 / 40, 9 / 40, 0.0, 0.0, 0.0, 0.0, 0.0),
+  (44 / 45, -56 / 15, 32 / 9, 0.0, 0.0, 0.0, 0.0),
+  (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0.0, 0.0, 0.0),
+  (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0.0, 0.0),
+  (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
 )
-_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
 _B_ERR = (
   35 / 384 - 5179 / 57600,
   0.0,
@@ -46,39 +48,41 @@ _B_ERR = (
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR = 0.9, 0.2, 10.0
 
 
-def _axpy(y: Any, h: jax.Array, coefs: tuple[float, ...], ks: list[Any]) -> Any:
-  """y + h sum_i coefs_i k_i, leafwise over the pytrees y and k_i (zero coefficients skipped)."""
-  pairs = [(c, k) for c, k in zip(coefs, ks, strict=True) if c != 0.0]
-
-  def leaf(y_leaf, *k_leaves):
-    return y_leaf + h * sum(c * k for (c, _), k in zip(pairs, k_leaves, strict=True))
-
-  return jax.tree.map(leaf, y, *[k for _, k in pairs])
+def _axpy(y: Any, h: jax.Array, k: Any) -> Any:
+  """y + h k, leafwise over the pytrees y and k."""
+  return jax.tree.map(lambda y_leaf, k_leaf: y_leaf + h * k_leaf, y, k)
 
 
 def euler(drift: Drift, y: Any, grid: jax.Array) -> Any:
-  """Explicit Euler y <- y + h drift(y, s) along grid [N + 1] (either direction); returns y(end)."""
+  """Explicit Euler y <- y + h drift(y, r) along the times grid [N + 1] (either direction).
 
-  def step(y, s_pair):
-    s, s_next = s_pair
-    return _axpy(y, s_next - s, (1.0,), [drift(y, s)]), None
+  Returns:
+    y at grid[-1].
+  """
+
+  def step(y, r_pair):
+    r, r_next = r_pair
+    return _axpy(y, r_next - r, drift(y, r)), None
 
   y_end, _ = jax.lax.scan(step, y, (grid[:-1], grid[1:]))
   return y_end
 
 
 def heun(drift: Drift, y: Any, grid: jax.Array) -> Any:
-  """Heun's 2nd-order method (explicit trapezoid) along grid [N + 1]; returns y(end).
+  """Heun's 2nd-order method (explicit trapezoid) along the times grid [N + 1] (either direction).
 
-  k1 = drift(y, s), k2 = drift(y + h k1, s + h), y <- y + h (k1 + k2) / 2.
+  k1 = drift(y, r), k2 = drift(y + h k1, r + h), y <- y + h (k1 + k2) / 2.
+
+  Returns:
+    y at grid[-1].
   """
 
-  def step(y, s_pair):
-    s, s_next = s_pair
-    h = s_next - s
-    k1 = drift(y, s)
-    k2 = drift(_axpy(y, h, (1.0,), [k1]), s_next)
-    return _axpy(y, h, (0.5, 0.5), [k1, k2]), None
+  def step(y, r_pair):
+    r, r_next = r_pair
+    h = r_next - r
+    k1 = drift(y, r)
+    k2 = drift(_axpy(y, h, k1), r_next)
+    return _axpy(y, 0.5 * h, jax.tree.map(jnp.add, k1, k2)), None
 
   y_end, _ = jax.lax.scan(step, y, (grid[:-1], grid[1:]))
   return y_end
@@ -90,11 +94,23 @@ def _rms(tree: Any) -> jax.Array:
   return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
 
 
+def _error_norm(scaled: Any) -> jax.Array:
+  """The worst example's error: max over leaves and leading (batch) index of the RMS over the
+  remaining axes, so one example's accuracy does not depend on the rest of the batch."""
+  per_leaf = [
+    jnp.max(jnp.sqrt(jnp.mean(jnp.square(leaf.reshape(leaf.shape[0], -1)), axis=1)))
+    if leaf.ndim
+    else jnp.abs(leaf)
+    for leaf in jax.tree.leaves(scaled)
+  ]
+  return jnp.max(jnp.stack(per_leaf))
+
+
 def adaptive(
   drift: Drift,
   y: Any,
-  s_start: float,
-  s_end: float,
+  start: float,
+  end: float,
   *,
   rtol: float = 1e-5,
   atol: float = 1e-5,
@@ -103,59 +119,67 @@ def adaptive(
   """Dormand-Prince 5(4) with step-size control, as one `jax.lax.while_loop` on device.
 
   The error estimate e = h sum_i (b_i - b*_i) k_i is scaled by atol + rtol max(|y|, |y_new|)
-  elementwise and reduced by RMS over all elements of all leaves (the whole batch shares one step);
-  a step is accepted when that norm is <= 1, and the next h is h * clip(0.9 norm^(-1/5), 0.2, 10).
+  elementwise and reduced to the worst example's RMS (every leaf's leading axis is the batch, which
+  shares one step size); a step is accepted when that norm is <= 1, and the next h is
+  h * clip(0.9 norm^(-1/5), 0.2, 10).
   The first h is 0.01 RMS(y) / RMS(drift(y)) (a simplified Hairer et al., Solving ODEs I, II.4),
-  capped at the span; the last step lands on s_end exactly.
+  capped at the span; the last step lands on `end` exactly.
 
   Args:
-    drift: dy/ds = drift(y, s), with y a pytree of float32 arrays and s a scalar.
-    y: the state at s_start.
-    s_start, s_end: the span, in either order.
+    drift: dy/dr = drift(y, r), with y a pytree of float32 arrays [B, ...] and r a scalar time.
+    y: the state at `start`.
+    start, end: the span of r, in either order.
     rtol, atol: relative and absolute tolerances.
-    max_steps: cap on attempted steps; if hit, the returned y is at an s short of s_end.
+    max_steps: cap on attempted steps; if hit, the returned y is at an r short of `end`.
 
   Returns:
-    (y at s_end, NFE as int32).
+    (y at `end`, NFE as int32).
   """
-  s_start, s_end = jnp.float32(s_start), jnp.float32(s_end)
-  direction = jnp.sign(s_end - s_start)
-  k1 = drift(y, s_start)
-  h0 = jnp.clip(0.01 * _rms(y) / jnp.maximum(_rms(k1), 1e-6), 1e-6, jnp.abs(s_end - s_start))
+  start, end = jnp.float32(start), jnp.float32(end)
+  direction = jnp.sign(end - start)
+  k1 = drift(y, start)
+  h0 = jnp.clip(0.01 * _rms(y) / jnp.maximum(_rms(k1), 1e-6), 1e-6, jnp.abs(end - start))
+  c_S, a_SS, e_S = (jnp.asarray(v, jnp.float32) for v in (_C, _A, _B_ERR))
+
+  def combine(y, h, w_S, ks):
+    """y + h sum_i w_i k_i, for stages ks stacked along a leading axis [7, ...] of each leaf."""
+    return jax.tree.map(lambda y_, k: y_ + h * jnp.tensordot(w_S, k, axes=1), y, ks)
 
   def attempt(carry):
-    s, y, k1, h_abs, nfe, steps = carry
-    remaining = jnp.abs(s_end - s)
+    r, y, k1, h_abs, nfe, steps = carry
+    remaining = jnp.abs(end - r)
     h_abs = jnp.minimum(h_abs, remaining)
     h = direction * h_abs
-    ks = [k1]
-    for c, a in zip(_C[1:], _A[1:], strict=True):
-      ks.append(drift(_axpy(y, h, a, ks), s + c * h))
-    y_new = _axpy(y, h, _B, ks)
-    s_new = jnp.where(h_abs >= remaining, s_end, s + h)
-    k7 = drift(y_new, s_new)
-    err = _axpy(jax.tree.map(jnp.zeros_like, y), h, _B_ERR, ks + [k7])
+
+    def stage(i, ks):  # k_i = drift(y + h sum_j a_ij k_j, r + c_i h): one drift call traced
+      k_i = drift(combine(y, h, a_SS[i], ks), r + c_S[i] * h)
+      return jax.tree.map(lambda k, new: k.at[i].set(new), ks, k_i)
+
+    ks = jax.tree.map(lambda k: jnp.zeros((7,) + k.shape, k.dtype).at[0].set(k), k1)
+    ks = jax.lax.fori_loop(1, 7, stage, ks)
+    y_new = combine(y, h, a_SS[6], ks)
+    err = combine(jax.tree.map(jnp.zeros_like, y), h, e_S, ks)
     scaled = jax.tree.map(
       lambda e, a, b: e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))), err, y, y_new
     )
-    norm = _rms(scaled)
+    norm = _error_norm(scaled)
     accept = norm <= 1.0
     factor = jnp.clip(_SAFETY * jnp.maximum(norm, 1e-10) ** -0.2, _MIN_FACTOR, _MAX_FACTOR)
     pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
     return (
-      jnp.where(accept, s_new, s),
+      jnp.where(accept, jnp.where(h_abs >= remaining, end, r + h), r),
       pick(y_new, y),
-      pick(k7, k1),
+      pick(jax.tree.map(lambda k: k[6], ks), k1),
       h_abs * factor,
       nfe + 6,
       steps + 1,
     )
 
   def not_done(carry):
-    s, _, _, _, _, steps = carry
-    return (s != s_end) & (steps < max_steps)
+    r, _, _, _, _, steps = carry
+    return (r != end) & (steps < max_steps)
 
-  init = (s_start, y, k1, h0, jnp.int32(1), jnp.int32(0))
+  init = (start, y, k1, h0, jnp.int32(1), jnp.int32(0))
   _, y_end, _, _, nfe, _ = jax.lax.while_loop(not_done, attempt, init)
   return y_end, nfe
 
@@ -163,35 +187,41 @@ def adaptive(
 def solve(
   drift: Drift,
   y: Any,
-  s_start: float,
-  s_end: float,
+  grid: jax.Array,
   *,
   method: str = "adaptive",
-  num_steps: int = 100,
   rtol: float = 1e-5,
   atol: float = 1e-5,
 ) -> tuple[Any, jax.Array]:
-  """Integrates dy/ds = drift(y, s) from s_start to s_end (either direction) with `method`.
+  """Integrates dy/dr = drift(y, r) along grid [N + 1] of times r (either direction) with `method`.
 
   Args:
-    drift: dy/ds = drift(y, s) for a pytree y and scalar s.
-    y: the state at s_start.
-    s_start, s_end: the span.
-    method: `euler` or `heun` (num_steps uniform steps in s) or `adaptive` (rtol, atol).
-    num_steps: steps of the fixed-step methods.
+    drift: dy/dr = drift(y, r) for a pytree y and scalar r.
+    y: the state at grid[0].
+    grid: the times; `euler` and `heun` step through them, `adaptive` goes from grid[0] to grid[-1]
+      choosing its own steps.
+    method: `euler`, `heun` or `adaptive`.
     rtol, atol: tolerances of the adaptive method.
 
   Returns:
-    (y at s_end, NFE as int32).
+    (y at grid[-1], NFE as int32).
   """
+  num_steps = grid.shape[0] - 1
   if method == "adaptive":
-    return adaptive(drift, y, s_start, s_end, rtol=rtol, atol=atol)
-  grid = jnp.linspace(s_start, s_end, num_steps + 1, dtype=jnp.float32)
+    return adaptive(drift, y, grid[0], grid[-1], rtol=rtol, atol=atol)
   if method == "euler":
     return euler(drift, y, grid), jnp.int32(num_steps)
   if method == "heun":
     return heun(drift, y, grid), jnp.int32(2 * num_steps)
   raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def pf_ode_grid(sched: Schedule, num_steps: int, s_min: float | None = None) -> jax.Array:
+  """lambda = log alpha-bar(s) at num_steps + 1 times uniform in s from 1 to s_min (default 1/T).
+
+  Needs alpha-bar_T > 0 (not the `jsd` schedule, whose lambda(1) is -inf).
+  """
+  return sde.log_alpha_bar(sched, sde.time_grid(sched, num_steps, s_min))
 
 
 def sample(
@@ -206,20 +236,22 @@ def sample(
   rtol: float = 1e-5,
   atol: float = 1e-5,
 ) -> tuple[jax.Array, jax.Array]:
-  """Probability-flow ODE sampling: x(1) ~ N(0, I), then `solve` from s = 1 to s_min (default 1/T).
+  """Probability-flow ODE sampling: x(1) ~ N(0, I), then `solve` from s = 1 to s_min, in lambda.
 
   Args:
     eps_fn: the noise predictor, called at fractional indices t(s) = s T - 1.
     sched: the schedule the model was trained with.
     shape: [B, ...] shape of the samples.
     key: PRNG key (only the starting noise is random).
-    method, num_steps, rtol, atol: as in `solve`.
+    method: `euler`, `heun` or `adaptive`.
+    num_steps: steps of the fixed-step methods, uniform in s (the adaptive one uses the ends).
     s_min: the final time; default 1/T.
+    rtol, atol: tolerances of the adaptive method.
 
   Returns:
     (x(s_min) [B, ...], NFE as int32).
   """
-  s_end = sde.final_time(sched, s_min)
   x_1 = jax.random.normal(key, shape, jnp.float32)
-  drift = lambda x, s: sde.pf_ode_drift(eps_fn, sched, x, s)
-  return solve(drift, x_1, 1.0, s_end, method=method, num_steps=num_steps, rtol=rtol, atol=atol)
+  drift = lambda x, lam: sde.pf_ode_drift_log_alpha_bar(eps_fn, sched, x, lam)
+  grid = pf_ode_grid(sched, num_steps, s_min)
+  return solve(drift, x_1, grid, method=method, rtol=rtol, atol=atol)

@@ -11,6 +11,9 @@ chain run on it, so ancestral sampling on a subsequence needs no new sampler:
 
   sched_S, taus = respace(sched, timestep_subsequence(T, S))
   x0 = sampling.sample(respaced_eps_fn(eps_fn, taus), sched_S, shape, key, variance=...)
+
+`ddim` and `dpm_solver` take the subsequence itself and read abar_{tau_i} from the original
+schedule (`step_pairs`), so they also run with a traced schedule.
 """
 
 from collections.abc import Sequence
@@ -25,7 +28,9 @@ from diffusion_jax.sampling import EpsFn
 KINDS = ("uniform", "quad")
 
 
-def timestep_subsequence(num_timesteps: int, num_steps: int, kind: str = "uniform") -> tuple[int]:
+def timestep_subsequence(
+  num_timesteps: int, num_steps: int, kind: str = "uniform"
+) -> tuple[int, ...]:
   """S = num_steps indices tau_1 < ... < tau_S of 0..T-1, with tau_1 = 0 and tau_S = T - 1.
 
   `uniform`: tau_i = floor((i - 1) (T - 1) / (S - 1) + 1/2), evenly spaced with a gap of
@@ -56,8 +61,12 @@ def timestep_subsequence(num_timesteps: int, num_steps: int, kind: str = "unifor
   return check_timesteps(taus.astype(np.int64), num_timesteps)
 
 
-def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> tuple[int]:
-  """Validates a strictly increasing subsequence of 0..T-1 (a list, tuple or int array [S]).
+def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> tuple[int, ...]:
+  """Validates a strictly increasing subsequence of 0..T-1.
+
+  Args:
+    timesteps: tau_1..tau_S as a list, tuple or int array [S].
+    num_timesteps: T.
 
   Returns:
     the subsequence as a tuple of S ints.
@@ -70,18 +79,22 @@ def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> tuple[int]:
   return tuple(int(t) for t in taus)
 
 
-def respace(sched: schedules.Schedule, timesteps: Sequence[int]):
+def respace(
+  sched: schedules.Schedule, timesteps: Sequence[int]
+) -> tuple[schedules.Schedule, tuple[int, ...]]:
   """The schedule of the chain on tau_1..tau_S, built by `make_schedule` from its betas.
 
   beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}} = 1 - prod_{j = tau_{i-1}+1}^{tau_i} (1 - beta_j)
-  (indices 0-based, tau_0 = -1), from the float32 betas of `sched` in float64. With every index it
-  returns `sched` up to the float32 rounding of its betas. `sched` must be concrete (not traced).
+  (0-based indices, tau_0 = -1), computed in float64 from the float32 betas of `sched`. With every
+  index the betas come back exactly and the derived coefficients to about an ulp (the float64
+  betas behind `sched` are lost to its float32 rounding). `sched` must be concrete (not traced).
 
   Returns:
     (schedule with S steps, tau_1..tau_S as a tuple of ints).
   """
   taus = check_timesteps(timesteps, sched.num_timesteps)
-  log_alphas = np.log1p(-np.asarray(sched.betas, np.float64))  # log(1 - beta_j), [T]
+  with np.errstate(divide="ignore"):  # `jsd` ends at beta_T = 1: log(0) = -inf gives beta' = 1
+    log_alphas = np.log1p(-np.asarray(sched.betas, np.float64))  # log(1 - beta_j), [T]
   starts = np.array((-1,) + taus[:-1]) + 1  # tau_{i-1} + 1
   log_gaps = np.add.reduceat(log_alphas[: taus[-1] + 1], starts)  # sum over each gap, [S]
   return schedules.make_schedule(-np.expm1(log_gaps)), taus
@@ -97,7 +110,9 @@ def respaced_eps_fn(eps_fn: EpsFn, timesteps: Sequence[int]) -> EpsFn:
   return lambda x, i_B: eps_fn(x, taus_S[i_B])
 
 
-def step_pairs(coef_T: jax.Array, timesteps: Sequence[int], clean: float):
+def step_pairs(
+  coef_T: jax.Array, timesteps: Sequence[int], clean: float
+) -> tuple[jax.Array, jax.Array]:
   """A coefficient at the start and the end of each step tau_i -> tau_{i-1} of a subsequence.
 
   Args:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import data, diffusion, generation, images, previews, sharding
+from diffusion_jax import data, diffusion, generation, images, previews, samplers, sharding
 from diffusion_jax.run_loading import LoadedRun
 
 NUM_GIF_FRAMES = 50
@@ -42,8 +42,7 @@ def write_reverse_gif(run: LoadedRun, path: str, key, mesh) -> None:
     run.sched,
     (num, *run.example_shape),
     mesh,
-    variance=run.config.sampling.variance,
-    clip_x0=run.config.sampling.clip_x0,
+    samplers.spec_from_config(run.config.sampling),
     trajectory_every=max(1, run.sched.num_timesteps // NUM_GIF_FRAMES),
   )
   _, trajectory = sample_fn(run.params, key)
@@ -60,13 +59,23 @@ def write_reverse_gif(run: LoadedRun, path: str, key, mesh) -> None:
 
 
 def sample_and_save(
-  run: LoadedRun, out_dir: str, num_samples: int, batch_size: int, seed: int, gif: bool
-) -> list[str]:
+  run: LoadedRun,
+  out_dir: str,
+  num_samples: int,
+  batch_size: int,
+  seed: int,
+  spec: samplers.SamplerSpec,
+  gif: bool,
+) -> tuple[list[str], float]:
   """Writes samples.npz (uint8 NHWC images, or float32 points), samples.png and optionally
-  reverse.gif into out_dir; returns the paths written."""
+  reverse.gif (the ancestral chain) into out_dir.
+
+  Returns:
+    (the paths written, network evaluations per sample).
+  """
   mesh = sharding.data_mesh()
   key, gif_key = jax.random.split(jax.random.key(seed))
-  samples = generation.generate(
+  samples, nfe = generation.generate(
     run.model,
     run.params,
     run.sched,
@@ -75,15 +84,14 @@ def sample_and_save(
     batch_size,
     key,
     mesh,
-    variance=run.config.sampling.variance,
-    clip_x0=run.config.sampling.clip_x0,
+    spec,
   )
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:
     paths.append(os.path.join(out_dir, "reverse.gif"))
     write_reverse_gif(run, paths[2], gif_key, mesh)
   if jax.process_index() != 0:
-    return []
+    return [], nfe
   os.makedirs(out_dir, exist_ok=True)
   reference = reference_points(run)
   if reference is None:
@@ -92,4 +100,4 @@ def sample_and_save(
   else:
     np.savez(paths[0], arr_0=samples)
     previews.save_preview(paths[1], samples, reference)
-  return paths
+  return paths, nfe

@@ -3,14 +3,19 @@
 Convention: continuous time s lies in [0, 1]; the discrete index t = 0..T-1 (the paper's step t+1)
 sits at the knot s_t = (t + 1) / T, and s = 0 is clean data (alpha-bar = 1). log alpha-bar(s) is the
 piecewise-linear interpolation of log alpha-bar through the knots (0, 0), (s_t, log alpha-bar_t),
-so alpha-bar(s_t) is the schedule's alpha-bar_t exactly and beta(s) = -d log alpha-bar / ds is
-piecewise constant: T log(alpha-bar_{t-1} / alpha-bar_t) = -T log(1 - beta_t) on (s_{t-1}, s_t].
+so alpha-bar(s_t) is the schedule's alpha-bar_t (up to the float32 rounding of s T) and
+beta(s) = -d log alpha-bar / ds is piecewise constant: -T log(1 - beta_t) on (s_{t-1}, s_t].
 Forward SDE (Song et al. eq. 11): dx = -1/2 beta(s) x ds + sqrt(beta(s)) dw, whose marginal is
 q(x_s | x_0) = N(sqrt(alpha-bar(s)) x_0, (1 - alpha-bar(s)) I), the DDPM eq. 4 law at the knots.
 
 A noise predictor eps_fn(x, t) is called at the fractional index t(s) = s T - 1 (float32 [B]), and
-its score is s_theta(x, s) = -eps_fn(x, t(s)) / sqrt(1 - alpha-bar(s)). Drifts take a scalar s
+its score is s_theta(x, s) = -eps_fn(x, t(s)) / sqrt(1 - alpha-bar(s)). Drifts take a scalar time
 shared by the batch and x of any rank [B, ...].
+
+Solvers integrate in lambda = log alpha-bar(s) instead of s (`pf_ode_drift_log_alpha_bar`): there
+beta drops out, dx/dlambda = 1/2 (x + score), so the jumps of beta(s) at the knots, which would cap
+a solver's order and fool an adaptive error estimate, are gone (the exact oracle is smooth in
+lambda; a network sees t(s(lambda)), continuous with kinks at the knots).
 """
 
 from collections.abc import Callable
@@ -21,7 +26,7 @@ import jax.numpy as jnp
 from diffusion_jax.schedules import Schedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
-_KNOT_TOL = 1e-3  # in index units; float32 rounding of s T is ~1e-4 at T = 1000
+_KNOT_TOL = 1e-3  # in index units, well above the float32 rounding of s T (~1e-4 at T = 1000)
 
 
 def _log_alpha_bar_knots(sched: Schedule) -> jax.Array:
@@ -32,9 +37,23 @@ def _log_alpha_bar_knots(sched: Schedule) -> jax.Array:
 def log_alpha_bar(sched: Schedule, s: jax.Array) -> jax.Array:
   """log alpha-bar(s), piecewise linear between the knots s_t = (t + 1) / T; s any shape."""
   knots = _log_alpha_bar_knots(sched)
-  return jnp.interp(
-    jnp.asarray(s, jnp.float32) * sched.num_timesteps, jnp.arange(knots.shape[0]), knots
-  )
+  index = jnp.clip(jnp.asarray(s, jnp.float32) * sched.num_timesteps, 0.0, sched.num_timesteps)
+  left = jnp.minimum(jnp.floor(index), sched.num_timesteps - 1)
+  frac = index - left
+  left = left.astype(jnp.int32)
+  return (1.0 - frac) * knots[left] + frac * knots[left + 1]
+
+
+def time_of_log_alpha_bar(sched: Schedule, lam: jax.Array) -> jax.Array:
+  """The s with log alpha-bar(s) = lam (the inverse of `log_alpha_bar`), lam any shape in
+  [log alpha-bar_T, 0]."""
+  knots = _log_alpha_bar_knots(sched)  # decreasing
+  lam = jnp.asarray(lam, jnp.float32)
+  # knots[left] >= lam > knots[left + 1]: left + 1 knots lie above lam.
+  above = jnp.searchsorted(-knots, -lam, side="left", method="compare_all")
+  left = jnp.clip(above - 1, 0, sched.num_timesteps - 1)
+  frac = (knots[left] - lam) / (knots[left] - knots[left + 1])
+  return (left + jnp.clip(frac, 0.0, 1.0)) / sched.num_timesteps
 
 
 def alpha_bar(sched: Schedule, s: jax.Array) -> jax.Array:
@@ -56,7 +75,7 @@ def beta(sched: Schedule, s: jax.Array) -> jax.Array:
   """
   num_steps = sched.num_timesteps
   slopes = -jnp.diff(_log_alpha_bar_knots(sched)) * num_steps  # [T]
-  # s T lands a few float32 ulps off an integer at a knot: within _KNOT_TOL of knot t counts as it.
+  # At a knot s T lands a few float32 ulps off the integer: within _KNOT_TOL counts as the knot.
   index = jnp.asarray(s, jnp.float32) * num_steps
   interval = jnp.ceil(index - _KNOT_TOL).astype(jnp.int32) - 1
   return slopes[jnp.clip(interval, 0, num_steps - 1)]
@@ -94,6 +113,17 @@ def pf_ode_drift(eps_fn: EpsFn, sched: Schedule, x: jax.Array, s: jax.Array) -> 
   With score = -eps / sqrt(1 - alpha-bar(s)): -1/2 beta(s) (x - eps / sqrt(1 - alpha-bar(s))).
   """
   return -0.5 * beta(sched, s) * (x + score(eps_fn, sched, x, s))
+
+
+def pf_ode_drift_log_alpha_bar(
+  eps_fn: EpsFn, sched: Schedule, x: jax.Array, lam: jax.Array
+) -> jax.Array:
+  """The probability-flow ODE in lambda = log alpha-bar: dx/dlambda = 1/2 (x + score(x, s(lambda))).
+
+  Eq. 13 divided by dlambda/ds = -beta(s): the same trajectories as `pf_ode_drift`, x any rank
+  [B, ...], lam a scalar.
+  """
+  return 0.5 * (x + score(eps_fn, sched, x, time_of_log_alpha_bar(sched, lam)))
 
 
 def reverse_sde_drift(eps_fn: EpsFn, sched: Schedule, x: jax.Array, s: jax.Array) -> jax.Array:

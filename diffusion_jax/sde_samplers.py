@@ -31,7 +31,8 @@ def langevin_step(
     eps_fn, sched: the model and its schedule.
     x: the state [B, ...] at time s (scalar).
     key: PRNG key of z.
-    snr: the target signal-to-noise ratio ||e score|| / ||sqrt(2 e) z|| (times sqrt(alpha)).
+    snr: the target signal-to-noise ratio r; the step makes ||e score|| / ||sqrt(2 e) z|| equal to
+      sqrt(alpha) r (in batch means).
 
   Returns:
     The corrected x [B, ...].
@@ -58,8 +59,11 @@ def sample(
 
   From x(1) ~ N(0, I), each grid step s_i -> s_{i+1} (h = s_{i+1} - s_i < 0) first runs
   `corrector_steps` Langevin steps at s_i (none: plain Euler-Maruyama), then the Euler-Maruyama
-  predictor x <- x + h [f - g^2 score](x, s_i) + sqrt(beta(s_i) |h|) z of the reverse SDE (eq. 6).
-  The last predictor step adds no noise, as in DDPM Algorithm 2.
+  predictor of the reverse SDE (eq. 6), x <- x + h [f - g^2 score](x, s_i) + sqrt(beta(s_i) |h|) z
+  = x + B (x / 2 + score) + sqrt(B) z with B = beta(s_i) |h|. B is taken as its exact value
+  int_{s_{i+1}}^{s_i} beta ds = log alpha-bar(s_{i+1}) - log alpha-bar(s_i), so a step that spans
+  several of beta's pieces is not biased towards the one at s_i. The last predictor step adds no
+  noise, as in DDPM Algorithm 2.
 
   Args:
     eps_fn: the noise predictor, called at fractional indices t(s) = s T - 1.
@@ -75,20 +79,20 @@ def sample(
     x(s_min) [B, ...].
   """
   grid = sde.time_grid(sched, num_steps, s_min)
+  lam = sde.log_alpha_bar(sched, grid)
   init_key, step_key = jax.random.split(key)
   x_1 = jax.random.normal(init_key, shape, jnp.float32)
 
   def step(x, inputs):
-    i, s, s_next = inputs
+    i, s, lam_i, lam_next = inputs
     keys = jax.random.split(jax.random.fold_in(step_key, i), corrector_steps + 1)
     for j in range(corrector_steps):
       x = langevin_step(eps_fn, sched, x, s, keys[j], snr)
-    h = s_next - s
-    mean = x + h * sde.reverse_sde_drift(eps_fn, sched, x, s)
+    b = lam_next - lam_i  # int beta ds over the step
+    mean = x + b * (0.5 * x + sde.score(eps_fn, sched, x, s))
     z = jax.random.normal(keys[corrector_steps], shape, jnp.float32)
-    noise_scale = jnp.where(i < num_steps - 1, jnp.sqrt(-h * sde.beta(sched, s)), 0.0)
-    return mean + noise_scale * z, None
+    return mean + jnp.where(i < num_steps - 1, jnp.sqrt(b), 0.0) * z, None
 
-  steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
+  steps = (jnp.arange(num_steps), grid[:-1], lam[:-1], lam[1:])
   x_end, _ = jax.lax.scan(step, x_1, steps)
   return x_end

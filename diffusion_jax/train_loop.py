@@ -18,6 +18,7 @@ from diffusion_jax import (
   metrics,
   models,
   previews,
+  samplers,
   schedules,
   sharding,
   train_lib,
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
 def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, step):
   """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
-  samples = generation.generate(
+  samples, _ = generation.generate(
     model,
     state.ema_params,
     sched,
@@ -140,8 +141,7 @@ def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, 
     config.sampling.batch_size,
     key,
     mesh,
-    variance=config.sampling.variance,
-    clip_x0=config.sampling.clip_x0,
+    samplers.spec_from_config(config.sampling),
     progress=False,
   )
   if jax.process_index() != 0:

@@ -1,0 +1,99 @@
+"""Bits per dimension of a trained run: python evaluate_bpd.py --workdir=runs/digits [--split=test].
+
+--method=vlb: the DDPM variational bound (eq. 5), T network evaluations per example, with the EMA
+params and the config's sampling variance and clipping. For images (discretized decoder) it bounds
+-log2 P(x0) per dimension of the 8-bit data; for 2D data (Gaussian decoder) the negative log2
+density per dimension in the data's units, which can be negative. Writes the JSON
+<workdir>/eval/bpd_step_<N>.json (N in 7 digits), replacing a file only with --overwrite.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from diffusion_jax import checkpoints, data, likelihood_vlb, run_loading
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
+_SPLIT = flags.DEFINE_string("split", "train", "train or test (only tfds data has a test split).")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to evaluate (default: all).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch size (default: sampling's).")
+_METHOD = flags.DEFINE_string("method", "vlb", "vlb: the variational bound.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the forward-process noise.")
+_OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/eval/bpd_step_<N>.json).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
+flags.mark_flag_as_required("workdir")
+
+_MEANINGS = {
+  "discretized": "upper bound on -log2 P(x0) per dimension of the 8-bit data",
+  "gaussian": "upper bound on the -log2 density per dimension, in the data's units",
+}
+
+
+def _vlb(run: run_loading.LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int) -> dict:
+  """The variational bound: discretized decoder for images, Gaussian (a density) for vectors."""
+  decoder = "discretized" if ds.is_image else "gaussian"
+  kwargs = dict(variance=run.config.sampling.variance, clip_x0=run.config.sampling.clip_x0)
+  summary = likelihood_vlb.evaluate_vlb(
+    lambda params, x, t: run.model.apply({"params": params}, x, t, train=False),
+    run.params,
+    run.sched,
+    ds.ordered_batches(batch_size),
+    jax.random.key(_SEED.value),
+    decoder=decoder,
+    num_examples=num_examples,
+    **kwargs,
+  )
+  fields = dict(dataclasses.asdict(summary), terms_bpd=summary.terms_bpd.tolist())
+  return dict(meaning=_MEANINGS[decoder], decoder=decoder, **kwargs, **fields)
+
+
+# Each returns JSON fields: meaning, total_bpd(_stderr), num_examples, num_network_evals, ...
+METHODS = {"vlb": _vlb}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoints.quiet_orbax_logs()
+  method, split = _METHOD.value, _SPLIT.value
+  try:
+    if method not in METHODS:
+      raise ValueError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if split not in ("train", "test"):
+      raise ValueError(f"unknown --split {split!r}; choose train or test")
+    if _NUM_EXAMPLES.value is not None and _NUM_EXAMPLES.value < 1:
+      raise ValueError(f"--num_examples must be >= 1, got {_NUM_EXAMPLES.value}")
+    run = run_loading.load_run(_WORKDIR.value, _STEP.value)
+    data_config = ml_collections.ConfigDict(run.config.data.to_dict())
+    if data_config.source != "tfds" and split != "train":
+      raise ValueError(f"data.source {data_config.source!r} has only a train split")
+    data_config.split = split
+    out = _OUT.value or os.path.join(_WORKDIR.value, "eval", f"bpd_step_{run.step:07d}.json")
+    if os.path.exists(out) and not _OVERWRITE.value:
+      raise ValueError(f"{out} exists; pass --overwrite or choose another --out")
+    batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
+    ds = data.create_dataset(data_config, batch_size, run.config.seed)
+    num_examples = min(_NUM_EXAMPLES.value or ds.num_examples, ds.num_examples)
+    result = dict(method=method, step=run.step, split=split, seed=_SEED.value)
+    result.update(METHODS[method](run, ds, batch_size, num_examples))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(
+    f"{method}: {result['total_bpd']:.4f} +- {result['total_bpd_stderr']:.4f} bits/dim "
+    f"({result['meaning']}) on {result['num_examples']} {split} examples at step {run.step}; "
+    f"{result['num_network_evals']} network evaluations -> {out}"
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
