@@ -123,7 +123,7 @@ def vlb_terms(
     variance: `fixedlarge` or `fixedsmall` reverse variance sigma_t^2 (see diffusion).
     clip_x0: clip the predicted x0 to [-1, 1] inside p(x_{t-1} | x_t), as when sampling.
     decoder: `discretized` (eq. 13, for 8-bit data: the bound is on a probability) or `gaussian`
-      (a density N(x0; mu(x1, 1), sigma_1^2), for continuous data).
+      (a density N(x0; mu(x1, 1), beta_1), for continuous data).
 
   Returns:
     VLBTerms with prior_bpd [B], terms_bpd [B, T] and total_bpd [B].
@@ -135,6 +135,13 @@ def vlb_terms(
   )
   batch = x0.shape[0]
   num_dims = math.prod(x0.shape[1:])
+
+  def decoder_log_scale(p_log_var: jax.Array) -> jax.Array:
+    if decoder == "gaussian":
+      # sigma_1^2 = beta_1, the true reverse variance of the first step for continuous data;
+      # beta-tilde_2 ~ beta_1 / 2 would cost (1 - ln 2) / 2 nats per dimension however large T is.
+      return jnp.broadcast_to(0.5 * jnp.log(sched.betas[0]), p_log_var.shape)
+    return 0.5 * p_log_var
 
   def sum_dims(v: jax.Array) -> jax.Array:
     return v.reshape(batch, -1).sum(axis=1)
@@ -148,7 +155,7 @@ def vlb_terms(
       sched, eps_fn(x_t, t_B), x_t, t_B, variance=variance, clip_x0=clip_x0
     )
     kl = sum_dims(normal_kl(q_mean, q_log_var, p_mean, p_log_var))  # L_{t-1}, eq. 5
-    nll = -sum_dims(log_likelihood(x0, p_mean, 0.5 * p_log_var))  # L_0, eq. 5
+    nll = -sum_dims(log_likelihood(x0, p_mean, decoder_log_scale(p_log_var)))  # L_0, eq. 5
     return jnp.where(t == 0, nll, kl)
 
   terms_TB = jax.lax.map(term, jnp.arange(sched.num_timesteps, dtype=jnp.int32))
@@ -161,21 +168,6 @@ def vlb_terms(
     terms_bpd=nats_to_bpd(terms_BT, num_dims),
     total_bpd=nats_to_bpd(prior_B + terms_BT.sum(axis=1), num_dims),
   )
-
-
-def vlb_bpd(
-  eps_fn: EpsFn,
-  sched: Schedule,
-  x0: jax.Array,
-  key: jax.Array,
-  *,
-  variance: str = "fixedlarge",
-  clip_x0: bool = False,
-  decoder: str = "discretized",
-) -> jax.Array:
-  """The bound in bits per dimension averaged over the batch x0 [B, ...]; a scalar."""
-  terms = vlb_terms(eps_fn, sched, x0, key, variance=variance, clip_x0=clip_x0, decoder=decoder)
-  return terms.total_bpd.mean()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,3 +94,18 @@ def test_bad_input_fails_with_one_line(tmp_path, flags, message):
 
 def test_builtin_data_has_no_test_split(toy_workdir):
   assert_fails_cleanly(evaluate(toy_workdir, "--split=test"), "only a train split")
+
+
+def test_toy_run_gets_an_ode_likelihood(toy_workdir, tmp_path):
+  out = str(tmp_path / "ode.json")
+  proc = evaluate(
+    toy_workdir, "--method=ode", "--num_examples=20", "--batch_size=8", f"--out={out}"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out) as f:
+    result = json.load(f)
+  assert result["method"] == "ode" and result["num_examples"] == 20
+  assert math.isfinite(result["total_bpd"]) and result["total_bpd_stderr"] > 0
+  # The adaptive solver's count is per batch, so the total is a sum of per-batch multiples.
+  assert result["num_network_evals"] >= 20 * 7
+  assert "ode:" in proc.stdout and "network evaluations" in proc.stdout
