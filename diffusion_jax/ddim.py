@@ -56,7 +56,7 @@ def ddim_sample(
     raise ValueError(f"eta must lie in [0, 1], got {eta}")
   taus = respacing.check_timesteps(timesteps, sched.num_timesteps)
   init_key, step_key = jax.random.split(key)
-  x = sampling._normal(init_key, shape, sharding) if x_T is None else x_T
+  x = sampling.sharded_normal(init_key, shape, sharding) if x_T is None else x_T
   taus_S = jnp.asarray(taus, jnp.int32)
   _, sqrt_abar_prev = respacing.step_pairs(sched.sqrt_alphas_cumprod, taus, 1.0)
   std, std_prev = respacing.step_pairs(sched.sqrt_one_minus_alphas_cumprod, taus, 0.0)
@@ -77,7 +77,7 @@ def ddim_sample(
       eps = (x - sqrt_abar * x0) / diffusion.extract(sched.sqrt_one_minus_alphas_cumprod, t_B, x)
     x = sqrt_abar_prev[i] * x0 + dir_coef[i] * eps  # eq. 12
     if eta > 0:
-      x = x + sigma[i] * sampling._normal(jax.random.fold_in(step_key, i), shape, sharding)
+      x = x + sigma[i] * sampling.sharded_normal(jax.random.fold_in(step_key, i), shape, sharding)
     return x, None
 
   x0, _ = jax.lax.scan(step, x, jnp.arange(len(taus) - 1, -1, -1, dtype=jnp.int32))

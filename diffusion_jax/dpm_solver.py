@@ -59,7 +59,7 @@ def dpm_solver_sample(
     x0 [B, ...].
   """
   taus = respacing.check_timesteps(timesteps, sched.num_timesteps)
-  x = sampling._normal(jax.random.split(key)[0], shape, sharding) if x_T is None else x_T
+  x = sampling.sharded_normal(jax.random.split(key)[0], shape, sharding) if x_T is None else x_T
   taus_S = jnp.asarray(taus, jnp.int32)
   # Per-step tables [S]; entry k is the step tau_{k+1} -> tau_k, the last one (k = 0) to x0.
   alpha_s, alpha_t = respacing.step_pairs(sched.sqrt_alphas_cumprod, taus, 1.0)

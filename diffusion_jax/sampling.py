@@ -15,7 +15,8 @@ from diffusion_jax.schedules import Schedule
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _normal(key: jax.Array, shape: tuple[int, ...], sharding) -> jax.Array:
+def sharded_normal(key: jax.Array, shape: tuple[int, ...], sharding) -> jax.Array:
+  """Standard normal float32 noise, laid out by `sharding` when one is given."""
   z = jax.random.normal(key, shape, jnp.float32)
   # Keep the noise laid out like the batch, so each device draws only its own share.
   return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
@@ -57,14 +58,14 @@ def sample(
   """
   num_steps = sched.num_timesteps
   init_key, step_key = jax.random.split(key)
-  x_T = _normal(init_key, shape, sharding)
+  x_T = sharded_normal(init_key, shape, sharding)
 
   def reverse_step(x, t):
     t_B = jnp.full((shape[0],), t, jnp.int32)
     mean, _, log_var, _ = diffusion.p_mean_variance(
       sched, eps_fn(x, t_B), x, t_B, variance=variance, clip_x0=clip_x0
     )
-    z = _normal(jax.random.fold_in(step_key, t), shape, sharding)
+    z = sharded_normal(jax.random.fold_in(step_key, t), shape, sharding)
     return mean + jnp.where(t > 0, jnp.exp(0.5 * log_var), 0.0) * z  # no noise at the last step
 
   timesteps = jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32)
