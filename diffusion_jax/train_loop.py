@@ -45,9 +45,9 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(pending: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
+def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
   """Raises at the first non-finite loss among the steps since the last check."""
-  for offset, loss in enumerate(np.asarray(jax.device_get([m["loss"] for m in pending]))):
+  for offset, loss in enumerate(m["loss"] for m in host_metrics):
     if not np.isfinite(loss):
       raise FloatingPointError(
         f"loss is {loss} at step {first_step + offset + 1}; training stopped. "
@@ -108,9 +108,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       preempted = preemption.reached(step)
       save = step % training.checkpoint_every == 0 or step == num_steps or preempted
       if save or step % training.log_every == 0:
-        _check_finite(pending, last_check, ckpt)
+        host_metrics = jax.device_get(pending)  # one transfer for every step since the last log
+        _check_finite(host_metrics, last_check, ckpt)
         now = time.perf_counter()
-        scalars = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        scalars = {k: float(np.mean([m[k] for m in host_metrics])) for k in host_metrics[0]}
         scalars["steps_per_sec"] = len(pending) / (now - last_time)
         scalars["images_per_sec"] = scalars["steps_per_sec"] * training.batch_size
         writer.write_scalars(step, scalars)
