@@ -14,10 +14,9 @@ import json
 import os
 import sys
 
-import ml_collections
 from absl import app, flags
 
-from diffusion_jax import bpd_evaluation, checkpoints, data, run_loading
+from diffusion_jax import bpd_evaluation, checkpoints, run_loading
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
 _SPLIT = flags.DEFINE_string("split", "train", "train or test (only tfds data has a test split).")
@@ -37,27 +36,22 @@ def main(argv):
   checkpoints.quiet_orbax_logs()
   method, split = _METHOD.value, _SPLIT.value
   try:
+    # Checked before the (slow) checkpoint restore.
     if method not in bpd_evaluation.METHODS:
       raise ValueError(
         f"unknown --method {method!r}; choose one of {', '.join(bpd_evaluation.METHODS)}"
       )
     if split not in ("train", "test"):
       raise ValueError(f"unknown --split {split!r}; choose train or test")
-    if _NUM_EXAMPLES.value is not None and _NUM_EXAMPLES.value < 1:
-      raise ValueError(f"--num_examples must be >= 1, got {_NUM_EXAMPLES.value}")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    data_config = ml_collections.ConfigDict(run.config.data.to_dict())
-    if data_config.source != "tfds" and split != "train":
-      raise ValueError(f"data.source {data_config.source!r} has only a train split")
-    data_config.split = split
+    bpd_evaluation.split_config(run.config.data, split)  # this source may lack the split
     out = _OUT.value or os.path.join(_WORKDIR.value, "eval", f"bpd_step_{run.step:07d}.json")
     if os.path.exists(out) and not _OVERWRITE.value:
       raise ValueError(f"{out} exists; pass --overwrite or choose another --out")
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
-    ds = data.create_dataset(data_config, batch_size, run.config.seed)
-    num_examples = min(_NUM_EXAMPLES.value or ds.num_examples, ds.num_examples)
-    result = dict(method=method, step=run.step, split=split, seed=_SEED.value)
-    result.update(bpd_evaluation.METHODS[method](run, ds, batch_size, num_examples, _SEED.value))
+    result = bpd_evaluation.evaluate_split(
+      run, method, split, batch_size, _NUM_EXAMPLES.value, _SEED.value
+    )
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

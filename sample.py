@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import checkpoints, respacing, run_loading, sample_lib, samplers
+from diffusion_jax import checkpoints, run_loading, sample_lib, sampler_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many samples to draw.")
@@ -19,18 +19,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _OUT = flags.DEFINE_string(
   "out", None, "Output folder (default: <workdir>/samples/step_<N>_seed_<S>)."
 )
-_SAMPLER = flags.DEFINE_enum(
-  "sampler", None, list(samplers.SAMPLERS), "Sampler (default: the config's, ancestral)."
-)
-_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the sampler's).")
-_SPACING = flags.DEFINE_enum(
-  "spacing", None, list(respacing.KINDS), "Timestep subsequence for fewer than T steps."
-)
-_ETA = flags.DEFINE_float("eta", None, "DDIM eta in [0, 1].")
-_RTOL = flags.DEFINE_float("rtol", None, "ode_adaptive relative tolerance.")
-_ATOL = flags.DEFINE_float("atol", None, "ode_adaptive absolute tolerance.")
-_CORRECTOR = flags.DEFINE_integer("corrector_steps", None, "sde: Langevin corrector steps.")
-_SNR = flags.DEFINE_float("snr", None, "sde: corrector signal-to-noise ratio.")
+_spec_from_flags = sampler_flags.define_sampler_flags()
 _GIF = flags.DEFINE_bool(
   "gif", False, "Also write reverse.gif, an animation of the reverse process."
 )
@@ -52,17 +41,7 @@ def main(argv):
     )
     if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
       raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
-    spec = samplers.spec_from_config(
-      run.config.sampling,
-      name=_SAMPLER.value,
-      steps=_STEPS.value,
-      spacing=_SPACING.value,
-      eta=_ETA.value,
-      rtol=_RTOL.value,
-      atol=_ATOL.value,
-      corrector_steps=_CORRECTOR.value,
-      snr=_SNR.value,
-    )
+    spec = _spec_from_flags(run.config.sampling)
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
     paths, nfe = sample_lib.sample_and_save(
       run, out, _NUM_SAMPLES.value, batch_size, _SEED.value, spec, _GIF.value

@@ -1,8 +1,8 @@
 """Base config every experiment derives from: the DDPM paper's CIFAR-10 recipe.
 
 Each experiment file calls `get_config()` here and overrides what differs. Fields are grouped
-(data, model, diffusion, training, optim, sampling); any of them can be set on the command line,
-e.g. `--config.training.batch_size=64`.
+(data, model, diffusion, training, optim, sampling, eval); any of them can be set on the command
+line, e.g. `--config.training.batch_size=64`.
 """
 
 import ml_collections
@@ -73,4 +73,16 @@ def get_config() -> ml_collections.ConfigDict:
   )
   sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at each step (images only)
   sampling.batch_size = 256
+
+  config.eval = ev = ml_collections.ConfigDict()  # evaluate.py, and train.py's quick evaluation
+  # inception: the FID network (needs inception_weights) | digits: a classifier on digits data
+  ev.feature_net = "inception"
+  ev.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (see README)
+  ev.ref_stats = ""  # a stats .npz (mu, sigma); "" computes them from ref_split of config.data
+  ev.ref_split = "train"
+  ev.metrics = "fid,is,kid"  # any of fid, is, kid, bpd (evaluate.py; train.py skips bpd)
+  ev.every_steps = 0  # train.py logs the metrics every N steps; 0 disables
+  ev.num_samples = 1000  # samples in train.py's quick evaluation (evaluate.py: --num_samples)
+  ev.sampler = ""  # quick evaluation's sampler; "" = config.sampling.sampler
+  ev.steps = 0  # quick evaluation's sampler steps; 0 = config.sampling.steps
   return config

@@ -32,4 +32,11 @@ def get_config():
 
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 200
+
+  # FID / IS / KID from a small digits classifier's features, logged while training.
+  config.eval.feature_net = "digits"
+  config.eval.every_steps = 2000
+  config.eval.num_samples = 1000
+  config.eval.sampler = "ddim"
+  config.eval.steps = 50
   return config

@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 
@@ -73,3 +74,44 @@ def ode(run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, se
 
 # Each returns JSON fields: meaning, total_bpd(_stderr), num_examples, num_network_evals, ...
 METHODS = {"vlb": vlb, "ode": ode}
+
+
+def split_config(data_config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+  """A copy of config.data that reads `split`, which must exist for its source."""
+  if split not in ("train", "test"):
+    raise ValueError(f"unknown split {split!r}; choose train or test")
+  if data_config.source != "tfds" and split != "train":
+    raise ValueError(f"data.source {data_config.source!r} has only a train split")
+  data_config = ml_collections.ConfigDict(data_config.to_dict())
+  data_config.split = split
+  return data_config
+
+
+def default_split(data_config: ml_collections.ConfigDict) -> str:
+  """The held-out split where the source has one (tfds), else train."""
+  return "test" if data_config.source == "tfds" else "train"
+
+
+def evaluate_split(
+  run: LoadedRun,
+  method: str,
+  split: str,
+  batch_size: int,
+  num_examples: int | None = None,
+  seed: int = 0,
+) -> dict:
+  """Bits/dim of `run` on the first num_examples (default all) of a split of its dataset.
+
+  Returns:
+    the JSON fields of `METHODS[method]` plus method, step, split and seed.
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown bits/dim method {method!r}; choose one of {', '.join(METHODS)}")
+  if num_examples is not None and num_examples < 1:
+    raise ValueError(f"the number of examples must be >= 1, got {num_examples}")
+  data_config = split_config(run.config.data, split)
+  ds = data.create_dataset(data_config, batch_size, run.config.seed)
+  num_examples = min(num_examples or ds.num_examples, ds.num_examples)
+  result = dict(method=method, step=run.step, split=split, seed=seed)
+  result.update(METHODS[method](run, ds, batch_size, num_examples, seed))
+  return result

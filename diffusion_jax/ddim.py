@@ -27,8 +27,9 @@ def ddim_sample(
   eta: float = 0.0,
   clip_x0: bool = True,
   x_T: jax.Array | None = None,
+  trajectory_every: int = 0,
   sharding=None,
-) -> jax.Array:
+):
   """DDIM from x_T ~ N(0, I) at tau_S down to x0, one model call per timestep (S in all).
 
   As in `sampling.sample`, x_T is drawn from split(key)[0] and the step leaving tau_i draws its
@@ -47,16 +48,20 @@ def ddim_sample(
     clip_x0: clip x0_hat to [-1, 1] (for data in [-1, 1]), eps then re-derived from it.
     x_T: optional starting point [B, ...] instead of one drawn from `key` (which then only drives
       the per-step noise), e.g. to map a fixed latent deterministically with eta = 0.
+    trajectory_every: if > 0, also return the states [F, B, ...] at x_T and after every step
+      whose respaced index i - 1 is a multiple of it (F = num_trajectory_frames(S, every)), as
+      `sampling.sample` does.
     sharding: optional sharding for the noise (the batch's), when run under jit on a mesh.
 
   Returns:
-    x0 [B, ...].
+    x0 [B, ...], or (x0, trajectory) when trajectory_every > 0.
   """
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta}")
   taus = respacing.check_timesteps(timesteps, sched.num_timesteps)
   init_key, step_key = jax.random.split(key)
-  x = sampling.sharded_normal(init_key, shape, sharding) if x_T is None else x_T
+  if x_T is None:
+    x_T = sampling.sharded_normal(init_key, shape, sharding)
   taus_S = jnp.asarray(taus, jnp.int32)
   _, sqrt_abar_prev = respacing.step_pairs(sched.sqrt_alphas_cumprod, taus, 1.0)
   std, std_prev = respacing.step_pairs(sched.sqrt_one_minus_alphas_cumprod, taus, 0.0)
@@ -78,7 +83,12 @@ def ddim_sample(
     x = sqrt_abar_prev[i] * x0 + dir_coef[i] * eps  # eq. 12
     if eta > 0:
       x = x + sigma[i] * sampling.sharded_normal(jax.random.fold_in(step_key, i), shape, sharding)
-    return x, None
+    return x, x if trajectory_every > 0 else None
 
-  x0, _ = jax.lax.scan(step, x, jnp.arange(len(taus) - 1, -1, -1, dtype=jnp.int32))
-  return x0
+  num_steps = len(taus)
+  x0, states = jax.lax.scan(step, x_T, jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32))
+  if trajectory_every <= 0:
+    return x0
+  # states[k] follows the step with index S - 1 - k; keep the multiples of trajectory_every.
+  kept = [num_steps - 1 - i for i in range(num_steps - 1, -1, -1) if i % trajectory_every == 0]
+  return x0, jnp.concatenate([x_T[None], states[jnp.asarray(kept)]])

@@ -1,6 +1,7 @@
 """Batched, sharded sample generation from a trained network, with a progress bar."""
 
 import functools
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -81,6 +82,35 @@ def make_sample_fn(
   )
 
 
+def sample_batches(
+  model: nn.Module,
+  params,
+  sched: Schedule,
+  example_shape: tuple[int, ...],
+  batch_size: int,
+  key: jax.Array,
+  mesh,
+  spec: samplers.SamplerSpec,
+  batch_indices: Iterable[int],
+) -> Iterator[tuple[int, np.ndarray, int]]:
+  """Draws the listed batches; batch i uses fold_in(key, i), so any subset can be (re)drawn alone.
+
+  batch_size must be a multiple of the device count (see `device_batch_size`).
+
+  Yields:
+    (i, float32 samples [batch_size, *example_shape] on the host, network evaluations per sample).
+  """
+  sample_fn = make_sample_fn(model, sched, (batch_size, *example_shape), mesh, spec)
+  for i in batch_indices:
+    x0, nfe = sample_fn(params, jax.random.fold_in(key, i))
+    yield i, np.asarray(multihost_utils.process_allgather(x0, tiled=True)), int(nfe)
+
+
+def device_batch_size(batch_size: int, num_samples: int, mesh) -> int:
+  """min(batch_size, num_samples) rounded up to a multiple of the device count."""
+  return -(-min(batch_size, num_samples) // mesh.size) * mesh.size
+
+
 def generate(
   model: nn.Module,
   params,
@@ -101,13 +131,16 @@ def generate(
   Returns:
     (float32 [num_samples, *example_shape] on the host, mean network evaluations per sample).
   """
-  batch_size = -(-min(batch_size, num_samples) // mesh.size) * mesh.size
-  sample_fn = make_sample_fn(model, sched, (batch_size, *example_shape), mesh, spec)
+  batch_size = device_batch_size(batch_size, num_samples, mesh)
   num_batches = -(-num_samples // batch_size)
+  batches = sample_batches(
+    model, params, sched, example_shape, batch_size, key, mesh, spec, range(num_batches)
+  )
+  bar = tqdm.tqdm(
+    batches, total=num_batches, desc="sampling", unit="batch", disable=not progress, leave=False
+  )
   out, nfes = [], []
-  bar = tqdm.trange(num_batches, desc="sampling", unit="batch", disable=not progress, leave=False)
-  for i in bar:
-    x0, nfe = sample_fn(params, jax.random.fold_in(key, i))
-    out.append(np.asarray(multihost_utils.process_allgather(x0, tiled=True)))
-    nfes.append(int(nfe))
+  for _, x0, nfe in bar:
+    out.append(x0)
+    nfes.append(nfe)
   return np.concatenate(out)[:num_samples], float(np.mean(nfes))

@@ -25,24 +25,35 @@ import numpy as np
 from diffusion_jax import schedules
 from diffusion_jax.sampling import EpsFn
 
-KINDS = ("uniform", "quad")
+KINDS = ("uniform", "quad", "leading", "trailing", "linspace")
 
 
 def timestep_subsequence(
   num_timesteps: int, num_steps: int, kind: str = "uniform"
 ) -> tuple[int, ...]:
-  """S = num_steps indices tau_1 < ... < tau_S of 0..T-1, with tau_1 = 0 and tau_S = T - 1.
+  """S = num_steps indices tau_1 < ... < tau_S of 0..T-1.
 
+  `uniform` and `quad` span the chain, tau_1 = 0 and tau_S = T - 1 (S = 1 gives (T - 1,)).
   `uniform`: tau_i = floor((i - 1) (T - 1) / (S - 1) + 1/2), evenly spaced with a gap of
   (T - 1) / (S - 1) rounded half up. `quad`: tau_i = max(floor(c (i - 1)^2 + 1/2), i - 1) with
   c = (T - 1) / (S - 1)^2, the DDIM paper's quadratic spacing (dense at low noise); the DDIM code
   stops at 0.8 T, this one spans the whole chain so that x_T ~ N(0, I) is right, and the `i - 1`
-  floor keeps the small early gaps >= 1. S = 1 gives (T - 1,).
+  floor keeps the small early gaps >= 1.
+
+  `leading`, `trailing` and `linspace` are diffusers' `timestep_spacing` options (with
+  steps_offset 0, as in the released DDPM models), so that its schedulers' steps can be
+  reproduced exactly. `leading` (diffusers' default): tau_i = (i - 1) floor(T / S), from 0 to
+  (S - 1) floor(T / S) <= T - 1, so sampling starts below the chain's last noise level (S = 1
+  gives (0,)). `trailing`: the values of
+  np.arange(T, 0, -T / S), i.e. T - k T / S for k = 0..S-1 in floating point, rounded half to
+  even, minus 1; it ends at T - 1 (np.arange gives one more value, which rounds to index -1, for
+  some T and S such as T = 15, S = 13; diffusers then steps to it, we keep the S intended ones).
+  `linspace`: np.linspace(0, T - 1, S) rounded half to even, like `uniform` but for ties.
 
   Args:
     num_timesteps: T.
     num_steps: S, 1 <= S <= T.
-    kind: `uniform` or `quad`.
+    kind: one of KINDS.
 
   Returns:
     tau_1..tau_S as a tuple of ints.
@@ -51,13 +62,20 @@ def timestep_subsequence(
     raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
   if kind not in KINDS:
     raise ValueError(f"unknown spacing {kind!r}; choose one of {', '.join(KINDS)}")
-  if num_steps == 1:
-    return (num_timesteps - 1,)
-  i = np.arange(num_steps, dtype=np.float64)  # i - 1 for i = 1..S
-  if kind == "uniform":
-    taus = np.floor(i * (num_timesteps - 1) / (num_steps - 1) + 0.5)
+  if kind == "leading":
+    taus = np.arange(num_steps) * (num_timesteps // num_steps)
+  elif kind == "trailing":
+    taus = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps))[:num_steps][::-1] - 1
+  elif kind == "linspace":
+    taus = np.round(np.linspace(0, num_timesteps - 1, num_steps))
+  elif num_steps == 1:
+    taus = np.array([num_timesteps - 1])
   else:
-    taus = np.maximum(np.floor((num_timesteps - 1) * (i / (num_steps - 1)) ** 2 + 0.5), i)
+    i = np.arange(num_steps, dtype=np.float64)  # i - 1 for i = 1..S
+    if kind == "uniform":
+      taus = np.floor(i * (num_timesteps - 1) / (num_steps - 1) + 0.5)
+    else:
+      taus = np.maximum(np.floor((num_timesteps - 1) * (i / (num_steps - 1)) ** 2 + 0.5), i)
   return check_timesteps(taus.astype(np.int64), num_timesteps)
 
 

@@ -6,7 +6,7 @@ import os
 import ml_collections
 from flax import linen as nn
 
-from diffusion_jax import checkpoints, data, models, schedules, sharding, train_loop
+from diffusion_jax import checkpoints, data, models, schedules, sharding, train_lib
 from diffusion_jax.schedules import Schedule
 
 
@@ -43,7 +43,7 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=N
   shape = example_shape_for(config)
   ckpt = checkpoints.Checkpointer(workdir)
   try:
-    state = ckpt.restore(train_loop.abstract_train_state(config, model, shape, mesh), step)
+    state = ckpt.restore(train_lib.abstract_train_state(config, model, shape, mesh), step)
   finally:
     ckpt.close()
   return LoadedRun(

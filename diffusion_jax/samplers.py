@@ -30,8 +30,9 @@ class SamplerSpec:
 
   name: str = "ancestral"
   steps: int | None = None  # None: all T steps (ancestral, ddim, sde) or 100 (ode), 20 (dpm)
-  # Timestep subsequence for ancestral / ddim / dpm_solver++: uniform | quad; None: quad for
-  # dpm_solver++ (its 2nd-order step overshoots on uniform spacing's long last gap), else uniform.
+  # Timestep subsequence for ancestral / ddim / dpm_solver++, one of respacing.KINDS (uniform |
+  # quad | diffusers' leading | trailing | linspace); None: quad for dpm_solver++ (its 2nd-order
+  # step overshoots on uniform spacing's long last gap), else uniform.
   spacing: str | None = None
   eta: float = 0.0  # ddim: 0 deterministic, 1 ancestral on the respaced chain
   variance: str = "fixedlarge"  # ancestral

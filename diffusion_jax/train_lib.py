@@ -127,3 +127,12 @@ def make_train_step(config: ml_collections.ConfigDict, sched: Schedule, mesh):
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
+
+
+def abstract_train_state(config, model, example_shape, mesh):
+  """The train state's shapes, dtypes and (replicated) shardings, without allocating it."""
+  shapes = jax.eval_shape(
+    lambda k: create_train_state(config, model, example_shape, k), jax.random.key(0)
+  )
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)

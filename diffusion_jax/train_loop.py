@@ -14,6 +14,8 @@ from jax.experimental import multihost_utils
 from diffusion_jax import (
   checkpoints,
   data,
+  evaluation,
+  feature_nets,
   generation,
   metrics,
   models,
@@ -55,15 +57,6 @@ def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpo
       )
 
 
-def abstract_train_state(config, model, example_shape, mesh):
-  """The train state's shapes, dtypes and (replicated) shardings, without allocating it."""
-  shapes = jax.eval_shape(
-    lambda k: train_lib.create_train_state(config, model, example_shape, k), jax.random.key(0)
-  )
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
   """Trains per config in workdir, resuming from its latest checkpoint; returns the final state."""
   mesh = sharding.data_mesh()
@@ -72,11 +65,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   model = models.create_model(config)
   sched = schedules.schedule_from_config(config.diffusion)
   ds = data.create_dataset(config.data, training.batch_size, config.seed)
-  init_key, train_key, preview_key = jax.random.split(jax.random.key(config.seed), 3)
+  init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
+  quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
 
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=training.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract_train_state(config, model, ds.example_shape, mesh))
+    state = ckpt.restore(train_lib.abstract_train_state(config, model, ds.example_shape, mesh))
     logging.info("resumed from step %d", int(state.step))
   else:
     state = jax.jit(
@@ -86,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   is_main = jax.process_index() == 0
   if is_main:
     # A resumed run may change how it trains, but not what it models.
-    checkpoints.save_config(workdir, config, mutable=("training", "optim", "sampling"))
+    checkpoints.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
   train_step = train_lib.make_train_step(config, sched, mesh)
   writer = metrics.MetricWriter(workdir, enabled=is_main)
 
@@ -104,6 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       bar.update(1)
       if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
         _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
+      if quick_eval and step % config.eval.every_steps == 0:
+        writer.write_scalars(step, quick_eval(state.ema_params))
       # Decided once, after all of this step's work, so a SIGTERM at any point is saved.
       preempted = preemption.reached(step)
       save = step % training.checkpoint_every == 0 or step == num_steps or preempted
@@ -129,6 +125,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     ckpt.close()
     writer.close()
   return state
+
+
+def _make_quick_eval(config, model, sched, ds, mesh, key):
+  """fn(params) -> {"eval/fid": ..., ...} when config.eval.every_steps > 0, else None.
+
+  The feature network and reference statistics are set up here, so a missing weights file stops
+  the run before training rather than at the first evaluation. Every evaluation uses the same
+  key, so the logged numbers differ only through the params.
+  """
+  if not config.eval.every_steps:
+    return None
+  evaluation.check_image_data(config, ds.example_shape)
+  net = feature_nets.create_feature_net(
+    config.eval.feature_net, inception_weights=config.eval.inception_weights
+  )
+  ref = evaluation.load_reference(
+    config,
+    net,
+    stats_path=config.eval.ref_stats,
+    split=config.eval.ref_split,
+    batch_size=config.sampling.batch_size,
+    mesh=mesh,
+  )
+
+  def quick_eval(params):
+    scores = evaluation.quick_scores(
+      config, model, params, sched, ds.example_shape, key, mesh, net, ref
+    )
+    return {f"eval/{name}": value for name, value in scores.items()}
+
+  return quick_eval
 
 
 def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, step):

@@ -1,12 +1,20 @@
-"""Test setup: four simulated CPU devices (so the sharded paths run) and strict rank promotion."""
+"""Test setup: four simulated CPU devices (so the sharded paths run), strict rank promotion, and a
+private cache folder (reference statistics, the digits classifier) instead of the user's."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Subprocesses started by the CLI tests inherit this, so they see the same four devices.
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["DIFFUSION_JAX_CACHE"] = tempfile.mkdtemp(prefix="diffusion_jax_test_cache_")
+atexit.register(shutil.rmtree, os.environ["DIFFUSION_JAX_CACHE"], ignore_errors=True)
+# NumPy's and SciPy's BLAS each start a thread per core; on small CPUs they starve one another.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 

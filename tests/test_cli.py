@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
 TOY_FLAGS = [
   "--config=configs/toy2d.py",
@@ -39,22 +39,12 @@ DIGITS_FLAGS = [
   "--config.training.sample_every=4",
   "--config.training.num_sample_images=8",
   "--config.sampling.batch_size=8",
+  "--config.eval.every_steps=0",
 ]
 
 
 def run(script, *args, check=True):
-  proc = subprocess.run(
-    [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{script} failed:\n{proc.stderr[-3000:]}")
-  return proc
-
-
-def assert_fails_cleanly(proc, message):
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert message in proc.stderr, proc.stderr[-3000:]
+  return run_script(script, *args, check=check)
 
 
 def test_toy2d_train_then_sample_with_gif(tmp_path):

@@ -181,6 +181,24 @@ def test_eta_one_on_a_subsequence_is_ancestral_on_the_respaced_chain():
   assert np.mean(want[:, 1] == -1.0) > 0.1
 
 
+def test_trajectory_keeps_x_T_and_every_kth_step():
+  """As in `sample`: x_T, then the state after each step whose index i - 1 is a multiple of k, the
+  last being x0; recording changes no sample."""
+  taus = respacing.timestep_subsequence(T, 10)
+  key, shape = jax.random.key(13), (64, 2)
+  run = functools.partial(ddim.ddim_sample, EPS["d2"], SCHED, shape, key, timesteps=taus, eta=0.5)
+  x0 = np.asarray(run())
+  x0_1, every1 = run(trajectory_every=1)
+  x0_3, every3 = run(trajectory_every=3)
+  assert every1.shape == (11, *shape)
+  assert every3.shape == (sampling.num_trajectory_frames(10, 3), *shape)
+  np.testing.assert_array_equal(every1[0], jax.random.normal(jax.random.split(key)[0], shape))
+  for x in (x0_1, x0_3, every1[-1]):
+    np.testing.assert_array_equal(x, x0)
+  # every1[1 + 9 - j] follows step index j; every3 keeps j = 9, 6, 3, 0.
+  np.testing.assert_array_equal(every3, every1[np.array([0, 1, 4, 7, 10])])
+
+
 # --- determinism ----------------------------------------------------------------------------------
 
 QUAD50 = respacing.timestep_subsequence(T, 50, "quad")

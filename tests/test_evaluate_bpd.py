@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,25 +10,11 @@ import pytest
 
 from diffusion_jax import checkpoints, models, run_loading, train_lib, train_loop
 from tests import tiny_configs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.scripts import assert_fails_cleanly, run_script
 
 
 def evaluate(workdir, *flags):
-  return subprocess.run(
-    [sys.executable, "evaluate_bpd.py", f"--workdir={workdir}", *flags],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-
-
-def assert_fails_cleanly(proc, message):
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+  return run_script("evaluate_bpd.py", f"--workdir={workdir}", *flags)
 
 
 def check_result(path, num_timesteps, num_examples, decoder):

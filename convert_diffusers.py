@@ -1,0 +1,53 @@
+"""Turns a released diffusers DDPM model into a workdir that sample.py and evaluate_bpd.py read:
+
+  python convert_diffusers.py --model_dir=ddpm-cifar10-32 --workdir=runs/ddpm_cifar10
+  python sample.py --workdir=runs/ddpm_cifar10 --sampler=ddim --steps=50 --spacing=leading
+
+--model_dir is a local copy of e.g. google/ddpm-cifar10-32 or google/ddpm-ema-church-256 (a model
+or pipeline folder). --config is the base config (default configs/default.py, tfds cifar10): its
+data group is the dataset bits/dim are measured on, e.g. --config=configs/church256.py for church.
+"""
+
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from diffusion_jax import checkpoints, convert_diffusers
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A diffusers UNet2DModel or pipeline folder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (optional).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the run already in --workdir.")
+flags.mark_flags_as_required(["model_dir", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoints.quiet_orbax_logs()
+  try:
+    config, params = convert_diffusers.convert_to_workdir(
+      _MODEL_DIR.value, _WORKDIR.value, base_config=_CONFIG.value, overwrite=_OVERWRITE.value
+    )
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  m, d, s = config.model, config.diffusion, config.sampling
+  num_params = sum(p.size for p in jax.tree.leaves(params))
+  print(
+    f"U-Net: {num_params:,} parameters, ch {m.ch}, ch_mult {m.ch_mult}, "
+    f"{m.num_res_blocks} res blocks per level, attention at {m.attn_resolutions}, "
+    f"{config.data.image_size}x{config.data.image_size}x{config.data.num_channels}"
+  )
+  print(
+    f"diffusion: {d.schedule} betas {d.beta_start:g}..{d.beta_end:g}, T = {d.num_timesteps}; "
+    f"sampling: variance {s.variance}, clip_x0 {s.clip_x0}; data: {config.data.source} "
+    f"{config.data.name}"
+  )
+  print(f"wrote {_WORKDIR.value}/{checkpoints.CONFIG_FILENAME} and a checkpoint at step 0")
+
+
+if __name__ == "__main__":
+  app.run(main)

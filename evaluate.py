@@ -1,0 +1,110 @@
+"""FID / IS / KID (and bits/dim) of a run: python evaluate.py --workdir=runs/cifar10.
+
+Draws --num_samples samples (default 50,000, as FIDs in the literature use) from the checkpoint's
+EMA params with any sampler, into <workdir>/eval/step_<N>/<sampler>_<digest>/samples/ in shards, so
+a stopped job resumes where it was; scores them against reference statistics and writes
+results_n<num_samples>_<feature net>.json beside the samples. Defaults come from the run's
+config.eval: e.g. --feature_net=inception needs --inception_weights (pytorch-fid's weights file).
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from diffusion_jax import checkpoints, evaluation, feature_nets, run_loading, sampler_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py (or convert_diffusers.py) workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_RAW = flags.DEFINE_bool("raw_params", False, "Evaluate the raw params instead of the EMA.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 50_000, "Samples to draw and score.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Samples per batch (default: the config's).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_spec_from_flags = sampler_flags.define_sampler_flags()
+_METRICS = flags.DEFINE_list("metrics", None, "fid,is,kid,bpd (default: config.eval.metrics).")
+_FEATURE_NET = flags.DEFINE_enum(
+  "feature_net", None, list(feature_nets.FEATURE_NETS), "Default: config.eval.feature_net."
+)
+_INCEPTION = flags.DEFINE_string(
+  "inception_weights", None, "pt_inception-2015-12-05-6726825d.pth (see README)."
+)
+_REF_STATS = flags.DEFINE_string(
+  "ref_stats", None, "Reference stats .npz (mu, sigma); default: computed from --ref_split."
+)
+_REF_SPLIT = flags.DEFINE_string("ref_split", None, "Dataset split for reference statistics.")
+_CACHE_DIR = flags.DEFINE_string(
+  "cache_dir", None, "Where reference statistics and the digits classifier are cached."
+)
+_BPD_SPLIT = flags.DEFINE_string(
+  "bpd_split",
+  "",
+  "Split for bits/dim (with --metrics=bpd); default test for tfds data, else train.",
+)
+_BPD_EXAMPLES = flags.DEFINE_integer("bpd_num_examples", None, "Examples for bits/dim.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing results file.")
+flags.mark_flag_as_required("workdir")
+
+
+def _or(flag, default):
+  return default if flag.value is None else flag.value
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoints.quiet_orbax_logs()
+  try:
+    if _NUM_SAMPLES.value < 1:
+      raise ValueError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
+    run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
+    ev = run.config.eval
+    metrics = evaluation.parse_metrics(_or(_METRICS, ev.metrics))
+    evaluation.check_image_data(run.config, run.example_shape)
+    spec = _spec_from_flags(run.config.sampling)
+    batch_size = _or(_BATCH_SIZE, run.config.sampling.batch_size)
+    net = ref = None
+    ref_name = ""
+    if set(metrics) - {"bpd"}:
+      net = feature_nets.create_feature_net(
+        _or(_FEATURE_NET, ev.feature_net),
+        inception_weights=_or(_INCEPTION, ev.inception_weights),
+        cache_dir=_or(_CACHE_DIR, ""),
+      )
+      ref_stats, ref_split = _or(_REF_STATS, ev.ref_stats), _or(_REF_SPLIT, ev.ref_split)
+      ref = evaluation.load_reference(
+        run.config,
+        net,
+        stats_path=ref_stats,
+        split=ref_split,
+        cache_dir=_or(_CACHE_DIR, ""),
+        batch_size=batch_size,
+      )
+      ref_name = ref_stats or f"{run.config.data.name} {ref_split} split"
+    results, out = evaluation.evaluate_run(
+      run,
+      _WORKDIR.value,
+      spec,
+      num_samples=_NUM_SAMPLES.value,
+      batch_size=batch_size,
+      seed=_SEED.value,
+      use_ema=not _RAW.value,
+      metrics=metrics,
+      net=net,
+      ref=ref,
+      reference_name=ref_name,
+      bpd_split=_BPD_SPLIT.value,
+      bpd_num_examples=_BPD_EXAMPLES.value,
+      overwrite=_OVERWRITE.value,
+    )
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  summary = {k: results[k] for k in ("fid", "is", "is_std", "kid", "kid_std") if k in results}
+  if "bpd" in results:
+    summary["bpd"] = results["bpd"]["total_bpd"]
+  print(json.dumps(summary))
+  print(out)
+
+
+if __name__ == "__main__":
+  app.run(main)
