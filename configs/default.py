@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ancestral | ddim | dpm_solver++ | ode_euler | ode_heun | ode_adaptive | sde (see README)
   sampling.sampler = "ancestral"
   sampling.steps = 0  # 0: the sampler's default (all T steps; 100 for ODEs; 20 for dpm_solver++)
-  sampling.spacing = ""  # subsequence when steps < T: uniform | quad | "" (the sampler's default)
+  # subsequence when steps < T: uniform | quad | leading | trailing | linspace (the last three are
+  # diffusers' spacings) | "" (the sampler's default)
+  sampling.spacing = ""
   sampling.eta = 0.0  # ddim only
   sampling.variance = (
     "fixedlarge"  # fixedlarge (sigma^2 = beta_t) | fixedsmall (posterior beta-tilde)
