@@ -83,12 +83,6 @@ def ddim_sample(
     x = sqrt_abar_prev[i] * x0 + dir_coef[i] * eps  # eq. 12
     if eta > 0:
       x = x + sigma[i] * sampling.sharded_normal(jax.random.fold_in(step_key, i), shape, sharding)
-    return x, x if trajectory_every > 0 else None
+    return x
 
-  num_steps = len(taus)
-  x0, states = jax.lax.scan(step, x_T, jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32))
-  if trajectory_every <= 0:
-    return x0
-  # states[k] follows the step with index S - 1 - k; keep the multiples of trajectory_every.
-  kept = [num_steps - 1 - i for i in range(num_steps - 1, -1, -1) if i % trajectory_every == 0]
-  return x0, jnp.concatenate([x_T[None], states[jnp.asarray(kept)]])
+  return sampling.scan_steps(step, x_T, len(taus), trajectory_every)

@@ -68,23 +68,39 @@ def sample(
     z = sharded_normal(jax.random.fold_in(step_key, t), shape, sharding)
     return mean + jnp.where(t > 0, jnp.exp(0.5 * log_var), 0.0) * z  # no noise at the last step
 
-  timesteps = jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32)
+  return scan_steps(reverse_step, x_T, num_steps, trajectory_every)
+
+
+def scan_steps(step_fn, x_T: jax.Array, num_steps: int, trajectory_every: int = 0):
+  """x <- step_fn(x, i) for i = num_steps - 1 down to 0, as one `lax.scan`.
+
+  Args:
+    step_fn: (x, int32 step index) -> x.
+    x_T: the starting state.
+    num_steps: the number of steps.
+    trajectory_every: if > 0, also keep x_T and the state after every step whose index is a
+      multiple of it, in the order they occur (num_trajectory_frames(num_steps, every) frames).
+
+  Returns:
+    the final state, or (final state, frames [F, *x_T.shape]) when trajectory_every > 0.
+  """
+  indices = jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32)
   if trajectory_every <= 0:
-    x0, _ = jax.lax.scan(lambda x, t: (reverse_step(x, t), None), x_T, timesteps)
+    x0, _ = jax.lax.scan(lambda x, i: (step_fn(x, i), None), x_T, indices)
     return x0
 
-  frames = jnp.zeros((num_trajectory_frames(num_steps, trajectory_every),) + shape, x_T.dtype)
+  frames = jnp.zeros((num_trajectory_frames(num_steps, trajectory_every),) + x_T.shape, x_T.dtype)
   frames = frames.at[0].set(x_T)
   last_multiple = (num_steps - 1) // trajectory_every
 
-  def step_and_record(carry, t):
+  def step_and_record(carry, i):
     x, frames = carry
-    x = reverse_step(x, t)
-    slot = 1 + last_multiple - t // trajectory_every
+    x = step_fn(x, i)
+    slot = 1 + last_multiple - i // trajectory_every
     frames = jax.lax.cond(
-      t % trajectory_every == 0, lambda f: f.at[slot].set(x), lambda f: f, frames
+      i % trajectory_every == 0, lambda f: f.at[slot].set(x), lambda f: f, frames
     )
     return (x, frames), None
 
-  (x0, frames), _ = jax.lax.scan(step_and_record, (x_T, frames), timesteps)
+  (x0, frames), _ = jax.lax.scan(step_and_record, (x_T, frames), indices)
   return x0, frames
