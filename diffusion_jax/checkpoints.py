@@ -3,10 +3,12 @@
 import json
 import logging
 import os
+import sys
 import tempfile
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
@@ -14,28 +16,59 @@ from absl import logging as absl_logging
 State = TypeVar("State")
 
 CONFIG_FILENAME = "config.json"
+# Where a trainer moves checkpoints it cannot read, out of the rotation (they are never deleted).
+UNREADABLE_DIRNAME = "unreadable_checkpoints"
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's tree or shapes differ from the model's: another config wrote it."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A state with inf or NaN values was about to be saved."""
+
+
+class Unreadable(NamedTuple):
+  """A checkpoint that could not be restored, and why."""
+
+  step: int
+  path: str
+  reason: str
 
 
 class Checkpointer:
   """Saves and restores the training state under `<workdir>/checkpoints`, keeping the newest few.
 
   Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only once
-  it is complete, so a run killed mid-save resumes from the last complete step.
+  it is complete, so a run killed mid-save resumes from the last complete step. A read-only
+  Checkpointer (sample.py, evaluate.py) never creates, cleans or deletes anything, so it can read a
+  run while its trainer writes. States with inf or NaN values are never saved.
   """
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
-    """Opens (creating if needed) the checkpoint directory of `workdir`.
+  def __init__(self, workdir: str, max_to_keep: int = 3, *, read_only: bool = False):
+    """Opens the checkpoint directory of `workdir` (a writer creates it if needed).
 
     Args:
       workdir: the run's directory; checkpoints go to `<workdir>/checkpoints`.
-      max_to_keep: how many of the newest checkpoints survive; older ones are deleted.
+      max_to_keep: how many of the newest checkpoints a writer keeps; older ones are deleted.
+      read_only: open as a reader, which may run beside the run's trainer.
     """
+    self.workdir = workdir
     self.directory = os.path.join(workdir, "checkpoints")
-    options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
-      # Leftovers of saves that a killed run never finalized are never restored; reclaim the disk.
-      cleanup_tmp_directories=True,
-    )
+    self.read_only = read_only
+    self._manager = None
+    if read_only and not os.path.isdir(self.directory):
+      return  # nothing to read; a read-only manager must not create the directory
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        # Leftovers of saves that a killed run never finalized are never restored; reclaim the
+        # disk. Only the run's one writer (see workdir_lock) may do this: to a reader they could
+        # be the trainer's save in progress.
+        cleanup_tmp_directories=True,
+      )
     self._manager = ocp.CheckpointManager(
       os.path.abspath(self.directory),
       options=options,
@@ -45,11 +78,16 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     """Returns the newest complete step, or None when there is none."""
-    return self._manager.latest_step()
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
     """Returns the complete steps on disk, oldest first."""
-    return sorted(self._manager.all_steps())
+    return sorted(self._manager.all_steps()) if self._manager else []
+
+  def step_path(self, step: int) -> str:
+    """The folder of one step's checkpoint."""
+    return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state: Any, *, wait: bool = False) -> None:
     """Starts saving `state` as `step` in the background (a step not above the latest is skipped).
@@ -58,48 +96,180 @@ class Checkpointer:
       step: the training step the state belongs to.
       state: a pytree of jax arrays (e.g. the TrainState); it is copied off device before return.
       wait: block until the checkpoint is finalized on disk.
+
+    Raises:
+      NonFiniteStateError: a floating-point leaf of `state` holds inf or NaN; nothing is written.
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
+    if not tree_is_finite(state):
+      raise NonFiniteStateError(f"the state of step {step} holds inf or NaN; it was not saved")
     self._manager.save(step, args=ocp.args.StandardSave(state))
     if wait:
       self.wait()
 
   def restore(self, abstract_state: State, step: int | None = None) -> State:
-    """Restores a step (default: the latest) into the structure, shapes and shardings given.
+    """Restores a step, or the newest readable one, into the structure, shapes and shardings given.
+
+    Without `step`, a checkpoint that cannot be read (damaged files, inf/NaN values) is skipped
+    with a warning naming it, and the next older one is tried.
 
     Args:
       abstract_state: the state's tree of `jax.ShapeDtypeStruct`s (from `jax.eval_shape`),
         optionally carrying shardings that the restored arrays will have.
-      step: the step to restore; None for the latest.
+      step: the step to restore; None for the newest readable one.
 
     Returns:
       The restored state, with the tree type of `abstract_state`.
 
     Raises:
       FileNotFoundError: there is no complete checkpoint.
-      ValueError: `step` is not on disk, or the checkpoint's tree or shapes differ from
-        `abstract_state` (e.g. it was written with another model config).
+      CheckpointMismatchError: the checkpoint's tree or shapes differ from `abstract_state` (e.g.
+        it was written with another model config).
+      ValueError: `step` is not on disk or cannot be read, or no checkpoint can be read.
     """
-    steps = self.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first")
     if step is None:
-      step = steps[-1]
-    elif step not in steps:
+      return self.restore_newest_readable(abstract_state)[0]
+    steps = self.all_steps()
+    if step not in steps:
+      self._require_checkpoints()
       raise ValueError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
-    stored = self._manager.metadata(step).item_metadata.tree
+    try:
+      return self._restore_step(abstract_state, step)
+    except _UnreadableError as e:
+      raise ValueError(f"checkpoint {self.step_path(step)} cannot be read: {e}") from None
+
+  def restore_newest_readable(self, abstract_state: State) -> tuple[State, list[Unreadable]]:
+    """Restores the newest checkpoint that can be read, skipping damaged ones with a warning.
+
+    Returns:
+      (the state, the newer checkpoints that were skipped, newest first).
+
+    Raises:
+      FileNotFoundError: there is no complete checkpoint.
+      CheckpointMismatchError: a readable checkpoint was written for another model.
+      ValueError: no checkpoint can be read; the message names each one and why.
+    """
+    self._require_checkpoints()
+    skipped: list[Unreadable] = []
+    for _ in range(_MAX_RELISTS):
+      rotated_out = False
+      for step in reversed(self.all_steps()):
+        if step in {u.step for u in skipped}:
+          continue
+        try:
+          return self._restore_step(abstract_state, step), skipped
+        except _UnreadableError as e:
+          if not os.path.isdir(self.step_path(step)):
+            rotated_out = True  # the run's trainer deleted it meanwhile; newer ones exist
+            break
+          absl_logging.warning(
+            "checkpoint %s cannot be read (%s); trying an older one", self.step_path(step), e
+          )
+          skipped.append(Unreadable(step, self.step_path(step), str(e)))
+      if not rotated_out:
+        break
+      self.reload()
+    self._require_checkpoints()
+    details = "; ".join(f"step {u.step} at {u.path}: {u.reason}" for u in skipped)
+    raise ValueError(f"no checkpoint in {self.directory} can be read ({details})")
+
+  def _require_checkpoints(self) -> None:
+    if not self.all_steps():
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first")
+
+  def _restore_step(self, abstract_state: State, step: int) -> State:
+    """Restores one step; raises _UnreadableError for damage, CheckpointMismatchError for a
+    checkpoint of another model."""
+    path = self.step_path(step)
+    if os.path.isdir(path) and not os.listdir(path):
+      raise _UnreadableError("its folder is empty")
+    try:
+      stored = self._manager.metadata(step).item_metadata.tree
+    except Exception as e:  # orbax raises many types for damaged metadata; none is recoverable
+      raise _UnreadableError(f"its metadata cannot be read: {_root_cause(e)}") from e
     mismatch = _first_mismatch(_shapes_by_path(stored), _shapes_by_path(abstract_state))
     if mismatch:
       # Orbax's own error is a long traceback about one array; name the culprit in one line.
-      raise ValueError(f"checkpoint at step {step} does not match the model config: {mismatch}")
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      raise CheckpointMismatchError(
+        f"checkpoint at step {step} does not match the model config: {mismatch}"
+      )
+    try:
+      state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # TensorStore, orbax and OS errors of truncated or missing files
+      raise _UnreadableError(f"its arrays cannot be read: {_root_cause(e)}") from e
+    if not tree_is_finite(state):
+      raise _UnreadableError("it holds inf or NaN values")
+    return state
+
+  def set_aside(self, step: int) -> str:
+    """Moves an unreadable checkpoint out of the rotation into `<workdir>/unreadable_checkpoints`.
+
+    A writer that resumed from an older step would otherwise meet the damaged step again when it
+    saves that step. Nothing is deleted.
+
+    Returns:
+      The checkpoint's new path.
+    """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
+    target_dir = os.path.join(self.workdir, UNREADABLE_DIRNAME)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(target_dir, f"{step}.{suffix}")
+      suffix += 1
+    os.rename(self.step_path(step), target)
+    self.reload()
+    return target
+
+  def reload(self) -> None:
+    """Lists the steps on disk again (after another process changed them)."""
+    if self._manager:
+      self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending saves are finalized on disk."""
-    self._manager.wait_until_finished()
+    if self._manager:
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and releases orbax's resources."""
-    self._manager.close()
+    if self._manager:
+      self._manager.close()
+
+
+# A reader whose steps keep being rotated out by a fast trainer lists them again at most this often.
+_MAX_RELISTS = 5
+
+
+class _UnreadableError(Exception):
+  """A checkpoint's files are damaged or missing, or hold non-finite values."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """The first line of the innermost error behind `error` (orbax wraps TensorStore's, which says
+  which file and byte range failed, in a message that can run to hundreds of lines)."""
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def tree_is_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of a pytree of arrays is free of inf and NaN."""
+  leaves = [
+    leaf
+    for leaf in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)  # leaves may be Python numbers
+  ]
+  return bool(_all_finite(leaves)) if leaves else True
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...] | None]:
@@ -145,8 +315,7 @@ def save_config(
   path = os.path.join(workdir, CONFIG_FILENAME)
   new = json.loads(json.dumps(config.to_dict()))
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = _read_config_json(path)
     changed = _changed_keys(_flatten(old), _flatten(new))
     if not changed:
       return
@@ -181,11 +350,29 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
   Returns:
     The config, locked so that misspelled fields raise instead of being added.
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json.
+    ValueError: config.json is not a JSON object (e.g. truncated); the message names the file.
   """
-  with open(os.path.join(workdir, CONFIG_FILENAME)) as f:
-    config = ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} has no {CONFIG_FILENAME}; is it a train.py workdir?")
+  config = ml_collections.ConfigDict(_lists_to_tuples(_read_config_json(path)))
   config.lock()
   return config
+
+
+def _read_config_json(path: str) -> dict[str, Any]:
+  """The JSON object in a config.json; a damaged file is a ValueError that names it."""
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); the run's config cannot be read") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"{path} does not hold a JSON object; the run's config cannot be read")
+  return values
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -214,7 +401,27 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in keys if k not in old or k not in new or old[k] != new[k])
 
 
-def quiet_orbax_logs() -> None:
-  """Drops orbax's INFO lines from absl's log handler, which would bury the progress bar."""
-  handler = absl_logging.get_absl_handler()
-  handler.addFilter(lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
+def quiet_library_logs() -> None:
+  """Keeps the scripts' stderr to this project's lines, warnings and errors.
+
+  The libraries' INFO lines (JAX probing for TPU and GPU backends, orbax's progress) and orbax's
+  warnings about the files it inspects would bury the progress bar and the project's own messages.
+  After a failed read of a damaged checkpoint, TensorStore's reads still in flight report to
+  orbax's finished event loop; Python would print each as a traceback, though nothing is wrong.
+  """
+
+  def keep(record: logging.LogRecord) -> bool:
+    if "orbax" in record.pathname:
+      return record.levelno >= logging.ERROR
+    return record.levelno >= logging.WARNING or record.name == "absl"
+
+  absl_logging.get_absl_handler().addFilter(keep)
+  report_unraisable = sys.unraisablehook
+
+  def drop_late_reads(unraisable) -> None:
+    if not (
+      unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+    ):
+      report_unraisable(unraisable)
+
+  sys.unraisablehook = drop_late_reads

@@ -1,12 +1,11 @@
 """Load a trained run (config, model, schedule, params) from a train.py workdir."""
 
 import dataclasses
-import os
 
 import ml_collections
 from flax import linen as nn
 
-from diffusion_jax import checkpoints, data, models, schedules, sharding, train_lib
+from diffusion_jax import checkpoints, config_checks, data, models, schedules, sharding, train_lib
 from diffusion_jax.schedules import Schedule
 
 
@@ -33,15 +32,13 @@ def example_shape_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=None) -> LoadedRun:
   """Restores workdir's config and the chosen checkpoint (default latest); EMA params by default."""
-  if not os.path.exists(os.path.join(workdir, checkpoints.CONFIG_FILENAME)):
-    raise FileNotFoundError(
-      f"{workdir} has no {checkpoints.CONFIG_FILENAME}; is it a train.py workdir?"
-    )
   config = checkpoints.load_config(workdir)
+  config_checks.check_config(config)
   model = models.create_model(config)
   mesh = mesh or sharding.data_mesh()
   shape = example_shape_for(config)
-  ckpt = checkpoints.Checkpointer(workdir)
+  # Read-only: the run may be training right now, and its trainer owns the directory.
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     state = ckpt.restore(train_lib.abstract_train_state(config, model, shape, mesh), step)
   finally:

@@ -2,6 +2,7 @@
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax.training import train_state
 from jax.sharding import NamedSharding
@@ -231,3 +233,119 @@ def test_save_config_refuses_to_clobber_a_different_config(tmp_path):
     checkpoints.save_config(str(tmp_path), changed, mutable=("training",))
   checkpoints.save_config(str(tmp_path), changed, mutable=("optim",))
   assert checkpoints.load_config(str(tmp_path)).optim.learning_rate == 1e-4
+
+
+def _save_steps(workdir, *steps):
+  ckpt = checkpoints.Checkpointer(workdir)
+  for step in steps:
+    ckpt.save(step, {"w": jnp.full((3,), float(step))})
+  ckpt.close()
+
+
+W_TARGET = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+
+
+def test_reader_leaves_a_save_in_progress_alone(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, 1)
+  in_progress = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp"
+  in_progress.mkdir()
+  (in_progress / "array").write_bytes(b"half written")
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  assert reader.all_steps() == [1]
+  np.testing.assert_array_equal(reader.restore(W_TARGET)["w"], [1.0, 1.0, 1.0])
+  reader.close()
+  assert in_progress.exists() and (in_progress / "array").read_bytes() == b"half written"
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_reader_of_an_empty_workdir_creates_nothing(tmp_path):
+  reader = checkpoints.Checkpointer(str(tmp_path / "run"), read_only=True)
+  with pytest.raises(FileNotFoundError, match="train first"):
+    reader.restore(W_TARGET)
+  assert not (tmp_path / "run").exists()
+  with pytest.raises(ValueError, match="read-only"):
+    reader.save(1, {"w": jnp.zeros((3,))})
+
+
+def _damage(step_dir, how):
+  """Damages a saved step as a failing disk or a careless user might."""
+  if how == "metadata_deleted":
+    os.remove(step_dir / "default" / "_METADATA")
+  elif how == "data_truncated":
+    data_files = [
+      p for p in (step_dir / "default").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
+    for path in data_files:
+      with open(path, "r+b") as f:
+        f.truncate(max(1, path.stat().st_size // 4))
+  elif how == "emptied":
+    for child in step_dir.iterdir():
+      if child.is_dir():
+        shutil.rmtree(child)
+      else:
+        child.unlink()
+
+
+@pytest.mark.parametrize("how", ["metadata_deleted", "data_truncated", "emptied"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, how, caplog):
+  workdir = str(tmp_path)
+  _save_steps(workdir, 1, 2, 3)
+  _damage(tmp_path / "checkpoints" / "3", how)
+  ckpt = checkpoints.Checkpointer(workdir)
+  state, skipped = ckpt.restore_newest_readable(W_TARGET)
+  np.testing.assert_array_equal(state["w"], [2.0, 2.0, 2.0])
+  assert [u.step for u in skipped] == [3]
+  assert skipped[0].path == str(tmp_path / "checkpoints" / "3")
+  assert "\n" not in skipped[0].reason and len(skipped[0].reason) < 600
+  assert (tmp_path / "checkpoints" / "3").exists()  # never deleted
+  # The plain restore does the same, with a warning that names the damaged step.
+  np.testing.assert_array_equal(ckpt.restore(W_TARGET)["w"], [2.0, 2.0, 2.0])
+  # Asked for by number, a damaged step is an error naming it, not a silent substitute.
+  with pytest.raises(ValueError, match=r"checkpoint .*checkpoints/3 cannot be read") as info:
+    ckpt.restore(W_TARGET, step=3)
+  assert "\n" not in str(info.value)
+  # A writer moves it out of the rotation, so that step can be saved again; nothing is deleted.
+  moved = ckpt.set_aside(3)
+  assert moved == str(tmp_path / checkpoints.UNREADABLE_DIRNAME / "3")
+  assert os.path.isdir(moved) and ckpt.all_steps() == [1, 2]
+  ckpt.save(3, {"w": jnp.full((3,), 9.0)}, wait=True)
+  np.testing.assert_array_equal(ckpt.restore(W_TARGET)["w"], [9.0, 9.0, 9.0])
+  ckpt.close()
+
+
+def test_no_readable_checkpoint_is_one_error_naming_each(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, 1, 2)
+  _damage(tmp_path / "checkpoints" / "1", "emptied")
+  _damage(tmp_path / "checkpoints" / "2", "metadata_deleted")
+  with pytest.raises(
+    ValueError, match=r"no checkpoint in .* can be read \(step 2 at .*; step 1 at "
+  ) as info:
+    checkpoints.Checkpointer(workdir, read_only=True).restore(W_TARGET)
+  assert "\n" not in str(info.value)
+
+
+def test_non_finite_states_are_never_saved_and_never_restored(tmp_path):
+  workdir = str(tmp_path)
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=1)
+  ckpt.save(1, {"w": jnp.ones((3,)), "step": jnp.int32(1)}, wait=True)
+  with pytest.raises(checkpoints.NonFiniteStateError, match="step 2 holds inf or NaN"):
+    ckpt.save(2, {"w": jnp.array([1.0, jnp.nan, 1.0]), "step": jnp.int32(2)})
+  ckpt.wait()
+  assert ckpt.all_steps() == [1]  # and the rotation (keep 1) did not delete the good one
+  ckpt.close()
+  # A non-finite checkpoint already on disk (e.g. written by an older release) is skipped.
+  raw = ocp.CheckpointManager(
+    os.path.abspath(tmp_path / "checkpoints"), item_handlers=ocp.StandardCheckpointHandler()
+  )
+  raw.save(
+    5, args=ocp.args.StandardSave({"w": jnp.array([jnp.inf, 0.0, 0.0]), "step": jnp.int32(5)})
+  )
+  raw.wait_until_finished()
+  raw.close()
+  target = {"w": W_TARGET["w"], "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  state, skipped = checkpoints.Checkpointer(workdir).restore_newest_readable(target)
+  assert int(state["step"]) == 1
+  assert skipped[0].step == 5 and "inf or NaN" in skipped[0].reason
