@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion_jax import checkpoints, convert_diffusers
+from diffusion_jax import checkpoints, cli_flags, convert_diffusers
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A diffusers UNet2DModel or pipeline folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/.")
@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["model_dir", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_orbax_logs()
+  checkpoints.quiet_library_logs()
   try:
     config, params = convert_diffusers.convert_to_workdir(
       _MODEL_DIR.value, _WORKDIR.value, base_config=_CONFIG.value, overwrite=_OVERWRITE.value
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -12,13 +12,24 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import checkpoints, evaluation, feature_nets, run_loading, sampler_flags
+from diffusion_jax import (
+  checkpoints,
+  cli_flags,
+  evaluation,
+  feature_nets,
+  run_loading,
+  sampler_flags,
+)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py (or convert_diffusers.py) workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0)
 _RAW = flags.DEFINE_bool("raw_params", False, "Evaluate the raw params instead of the EMA.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 50_000, "Samples to draw and score.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Samples per batch (default: the config's).")
+_NUM_SAMPLES = flags.DEFINE_integer(
+  "num_samples", 50_000, "Samples to draw and score.", lower_bound=1
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", None, "Samples per batch (default: the config's).", lower_bound=1
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _spec_from_flags = sampler_flags.define_sampler_flags()
 _METRICS = flags.DEFINE_list("metrics", None, "fid,is,kid,bpd (default: config.eval.metrics).")
@@ -40,7 +51,9 @@ _BPD_SPLIT = flags.DEFINE_string(
   "",
   "Split for bits/dim (with --metrics=bpd); default test for tfds data, else train.",
 )
-_BPD_EXAMPLES = flags.DEFINE_integer("bpd_num_examples", None, "Examples for bits/dim.")
+_BPD_EXAMPLES = flags.DEFINE_integer(
+  "bpd_num_examples", None, "Examples for bits/dim.", lower_bound=1
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing results file.")
 flags.mark_flag_as_required("workdir")
 
@@ -52,10 +65,8 @@ def _or(flag, default):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_orbax_logs()
+  checkpoints.quiet_library_logs()
   try:
-    if _NUM_SAMPLES.value < 1:
-      raise ValueError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     ev = run.config.eval
     metrics = evaluation.parse_metrics(_or(_METRICS, ev.metrics))
@@ -107,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -16,14 +16,18 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import bpd_evaluation, checkpoints, run_loading
+from diffusion_jax import bpd_evaluation, checkpoints, cli_flags, run_loading
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
 _SPLIT = flags.DEFINE_string("split", "train", "train or test (only tfds data has a test split).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to evaluate (default: all).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch size (default: sampling's).")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+  "num_examples", None, "Examples to evaluate (default: all).", lower_bound=1
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", None, "Batch size (default: sampling's).", lower_bound=1
+)
 _METHOD = flags.DEFINE_string("method", "vlb", "vlb (variational bound) or ode (probability flow).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the forward-process noise.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/eval/bpd_step_<N>.json).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
@@ -33,7 +37,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_orbax_logs()
+  checkpoints.quiet_library_logs()
   method, split = _METHOD.value, _SPLIT.value
   try:
     # Checked before the (slow) checkpoint restore.
@@ -66,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -9,13 +9,15 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import checkpoints, run_loading, sample_lib, sampler_flags
+from diffusion_jax import checkpoints, cli_flags, run_loading, sample_lib, sampler_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many samples to draw.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Samples per batch (default: the config's).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many samples to draw.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", None, "Samples per batch (default: the config's).", lower_bound=1
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0)
 _OUT = flags.DEFINE_string(
   "out", None, "Output folder (default: <workdir>/samples/step_<N>_seed_<S>)."
 )
@@ -31,14 +33,14 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_orbax_logs()
+  checkpoints.quiet_library_logs()
   try:
-    if _NUM_SAMPLES.value < 1:
-      raise ValueError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "samples", f"step_{run.step:07d}_seed_{_SEED.value}"
     )
+    if os.path.exists(out) and not os.path.isdir(out):
+      raise ValueError(f"--out {out} is a file; give a folder for the outputs")
     if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
       raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
     spec = _spec_from_flags(run.config.sampling)
@@ -55,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -9,7 +9,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import checkpoints, train_loop
+from diffusion_jax import checkpoints, cli_flags, train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_orbax_logs()
+  checkpoints.quiet_library_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("devices: %s", jax.devices())
@@ -33,21 +33,5 @@ def main(argv):
     sys.exit(1)
 
 
-def parse_flags(argv):
-  """absl's parsing, with a mistyped or ill-typed --config override reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    print(
-      f"error: no such config field {str(e).strip(chr(34))} (see configs/default.py)",
-      file=sys.stderr,
-    )
-  except (TypeError, ValueError) as e:
-    print(f"error: invalid --config override: {e}", file=sys.stderr)
-  sys.exit(1)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpoints, models, train_lib, weight_files
+from diffusion_jax import checkpoints, models, train_lib, weight_files, workdir_lock
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -521,30 +521,36 @@ def convert_to_workdir(
   """
   ckpt_dir = os.path.join(workdir, "checkpoints")
   config_path = os.path.join(workdir, checkpoints.CONFIG_FILENAME)
-  existing = [p for p in (config_path, ckpt_dir) if os.path.exists(p)]
+  _refuse_existing_run(workdir, (config_path, ckpt_dir), overwrite)
+  config, params = load_diffusers_unet(folder, base_config)
+  with workdir_lock.WorkdirLock(workdir, "convert_diffusers.py"):  # never under a training run
+    _refuse_existing_run(workdir, (config_path, ckpt_dir), overwrite)  # one may have started
+    if os.path.isdir(ckpt_dir):
+      shutil.rmtree(ckpt_dir)
+    if os.path.exists(config_path):
+      os.remove(config_path)
+    checkpoints.save_config(workdir, config)
+    # One jitted program builds the state (optimizer zeros, the EMA copy), not one per leaf.
+    state = jax.jit(
+      lambda p: train_lib.TrainState.create(
+        apply_fn=models.create_model(config).apply,
+        params=p,
+        tx=train_lib.make_optimizer(config.optim),
+        ema_params=jax.tree.map(jnp.copy, p),
+      )
+    )(params)
+    ckpt = checkpoints.Checkpointer(workdir)
+    try:
+      ckpt.save(step, state.replace(step=step), wait=True)
+    finally:
+      ckpt.close()
+  return config, params
+
+
+def _refuse_existing_run(workdir: str, paths: tuple[str, ...], overwrite: bool) -> None:
+  existing = [p for p in paths if os.path.exists(p)]
   if existing and not overwrite:
     raise ValueError(
       f"{workdir} already holds a run ({existing[0]}); pass overwrite=True (--overwrite) to "
       "replace it"
     )
-  config, params = load_diffusers_unet(folder, base_config)
-  if os.path.isdir(ckpt_dir):
-    shutil.rmtree(ckpt_dir)
-  if os.path.exists(config_path):
-    os.remove(config_path)
-  checkpoints.save_config(workdir, config)
-  # One jitted program builds the state (optimizer zeros, the EMA copy), not one per leaf.
-  state = jax.jit(
-    lambda p: train_lib.TrainState.create(
-      apply_fn=models.create_model(config).apply,
-      params=p,
-      tx=train_lib.make_optimizer(config.optim),
-      ema_params=jax.tree.map(jnp.copy, p),
-    )
-  )(params)
-  ckpt = checkpoints.Checkpointer(workdir)
-  try:
-    ckpt.save(step, state.replace(step=step), wait=True)
-  finally:
-    ckpt.close()
-  return config, params

@@ -17,18 +17,22 @@ def define_sampler_flags() -> Callable[[ml_collections.ConfigDict], samplers.Sam
   sampler = flags.DEFINE_enum(
     "sampler", None, list(samplers.SAMPLERS), "Sampler (default: the config's, ancestral)."
   )
-  steps = flags.DEFINE_integer("steps", None, "Sampler steps (default: the sampler's).")
+  steps = flags.DEFINE_integer(
+    "steps", None, "Sampler steps (default: the sampler's).", lower_bound=1
+  )
   spacing = flags.DEFINE_enum(
     "spacing", None, list(respacing.KINDS), "Timestep subsequence for fewer than T steps."
   )
-  eta = flags.DEFINE_float("eta", None, "DDIM eta in [0, 1].")
+  eta = flags.DEFINE_float("eta", None, "DDIM eta in [0, 1].", lower_bound=0.0, upper_bound=1.0)
   variance = flags.DEFINE_enum(
     "variance", None, ["fixedlarge", "fixedsmall"], "ancestral: sigma^2 = beta or beta-tilde."
   )
-  rtol = flags.DEFINE_float("rtol", None, "ode_adaptive relative tolerance.")
-  atol = flags.DEFINE_float("atol", None, "ode_adaptive absolute tolerance.")
-  corrector = flags.DEFINE_integer("corrector_steps", None, "sde: Langevin corrector steps.")
-  snr = flags.DEFINE_float("snr", None, "sde: corrector signal-to-noise ratio.")
+  rtol = flags.DEFINE_float("rtol", None, "ode_adaptive relative tolerance.", lower_bound=0.0)
+  atol = flags.DEFINE_float("atol", None, "ode_adaptive absolute tolerance.", lower_bound=0.0)
+  corrector = flags.DEFINE_integer(
+    "corrector_steps", None, "sde: Langevin corrector steps.", lower_bound=0
+  )
+  snr = flags.DEFINE_float("snr", None, "sde: corrector signal-to-noise ratio.", lower_bound=0.0)
 
   def spec_from_flags(sampling_config: ml_collections.ConfigDict) -> samplers.SamplerSpec:
     return samplers.spec_from_config(

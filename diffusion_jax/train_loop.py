@@ -1,7 +1,9 @@
 """train_and_evaluate: the training loop with checkpoints, metrics, previews and preemption."""
 
+import itertools
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -13,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from diffusion_jax import (
   checkpoints,
+  config_checks,
   data,
   evaluation,
   feature_nets,
@@ -24,27 +27,47 @@ from diffusion_jax import (
   schedules,
   sharding,
   train_lib,
+  workdir_lock,
 )
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls, so it can save before exiting."""
+class _StopRequest:
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop polls, so it can save before exiting.
+
+  A second Ctrl-C stops at once, without saving.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested = None  # the name of the signal that asked to stop
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in self._SIGNALS}
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if signum == signal.SIGINT and self.requested == "SIGINT":
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print(
+        "\nCtrl-C: saving a checkpoint after this step (press it again to stop without saving)",
+        file=sys.stderr,
+      )
 
   def reached(self, step: int) -> bool:
     """Whether to save and stop after `step`; on several hosts, all of them agree on the step."""
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+    return self.requested is not None
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+def _last_good(ckpt: checkpoints.Checkpointer) -> str:
+  ckpt.wait()  # a save still in flight counts
+  step = ckpt.latest_step()
+  return "No checkpoint was saved." if step is None else f"The last good checkpoint is step {step}."
 
 
 def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
@@ -52,13 +75,63 @@ def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpo
   for offset, loss in enumerate(m["loss"] for m in host_metrics):
     if not np.isfinite(loss):
       raise FloatingPointError(
-        f"loss is {loss} at step {first_step + offset + 1}; training stopped. "
-        f"The last good checkpoint is step {ckpt.latest_step()}."
+        f"loss is {loss} at step {first_step + offset + 1}; training stopped. {_last_good(ckpt)}"
       )
 
 
+def _take_workdir_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """The first process locks the workdir; every process fails alike if it is taken."""
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir, "train.py")
+    try:
+      lock.acquire()
+    except ValueError as e:
+      lock, error = None, str(e)
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    if taken and not error:
+      error = f"{workdir} is being written by another process; one writer per workdir"
+  if error:
+    raise ValueError(error)
+  return lock
+
+
+def _restore_or_init(config, model, example_shape, mesh, ckpt, init_key) -> train_lib.TrainState:
+  """The newest readable checkpoint's state, or a fresh one; damaged checkpoints are set aside."""
+  if ckpt.latest_step() is None:
+    return jax.jit(
+      lambda k: train_lib.create_train_state(config, model, example_shape, k),
+      out_shardings=sharding.replicated(mesh),
+    )(init_key)
+  abstract = train_lib.abstract_train_state(config, model, example_shape, mesh)
+  state, unreadable = ckpt.restore_newest_readable(abstract)
+  for bad in unreadable:
+    # Saving that step again later would collide with it; keep it, out of the way.
+    moved = ckpt.set_aside(bad.step) if jax.process_index() == 0 else bad.path
+    logging.warning("moved the unreadable checkpoint of step %d to %s", bad.step, moved)
+  if unreadable and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("unreadable checkpoints set aside")
+    ckpt.reload()
+  logging.info("resumed from step %d", int(state.step))
+  return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
-  """Trains per config in workdir, resuming from its latest checkpoint; returns the final state."""
+  """Trains per config in workdir, resuming from its latest checkpoint; returns the final state.
+
+  Only one process may write a workdir at a time (see `workdir_lock`); a second one is refused.
+  """
+  config_checks.check_config(config)
+  lock = _take_workdir_lock(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
   mesh = sharding.data_mesh()
   training = config.training
   sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
@@ -69,26 +142,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
 
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=training.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(train_lib.abstract_train_state(config, model, ds.example_shape, mesh))
-    logging.info("resumed from step %d", int(state.step))
-  else:
-    state = jax.jit(
-      lambda k: train_lib.create_train_state(config, model, ds.example_shape, k),
-      out_shardings=sharding.replicated(mesh),
-    )(init_key)
-  is_main = jax.process_index() == 0
-  if is_main:
-    # A resumed run may change how it trains, but not what it models.
-    checkpoints.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
-  train_step = train_lib.make_train_step(config, sched, mesh)
-  writer = metrics.MetricWriter(workdir, enabled=is_main)
+  writer = None
+  try:
+    state = _restore_or_init(config, model, ds.example_shape, mesh, ckpt, init_key)
+    start = int(state.step)
+    batches = ds.iterate(start)
+    first_batch = next(batches)  # reads (and so checks) data before the run is recorded
+    is_main = jax.process_index() == 0
+    if is_main:
+      # A resumed run may change how it trains, but not what it models.
+      checkpoints.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
+    writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=start if start else None)
+    batches = itertools.chain([first_batch], batches)
+    return _run_steps(
+      config,
+      model,
+      sched,
+      ds,
+      mesh,
+      state,
+      batches,
+      ckpt,
+      writer,
+      quick_eval,
+      workdir,
+      train_key,
+      preview_key,
+    )
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    if writer:
+      writer.close()
 
+
+def _run_steps(
+  config,
+  model,
+  sched,
+  ds,
+  mesh,
+  state,
+  batches,
+  ckpt,
+  writer,
+  quick_eval,
+  workdir,
+  train_key,
+  preview_key,
+):
+  """The loop from the state's step to training.num_train_steps, with logging, previews,
+  evaluations, checkpoints and stopping on request."""
+  training = config.training
+  train_step = train_lib.make_train_step(config, sched, mesh)
   start = int(state.step)
   num_steps = training.num_train_steps
-  preemption = _Preemption()
+  stop_request = _StopRequest()
   pending, last_check, last_time = [], start, time.perf_counter()
-  batches = ds.iterate(start)
+  is_main = jax.process_index() == 0
   bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
   try:
     for step in range(start + 1, num_steps + 1):
@@ -100,9 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
       if quick_eval and step % config.eval.every_steps == 0:
         writer.write_scalars(step, quick_eval(state.ema_params))
-      # Decided once, after all of this step's work, so a SIGTERM at any point is saved.
-      preempted = preemption.reached(step)
-      save = step % training.checkpoint_every == 0 or step == num_steps or preempted
+      # Decided once, after all of this step's work, so a stop request at any point is saved.
+      stop = stop_request.reached(step)
+      save = step % training.checkpoint_every == 0 or step == num_steps or stop
       if save or step % training.log_every == 0:
         host_metrics = jax.device_get(pending)  # one transfer for every step since the last log
         _check_finite(host_metrics, last_check, ckpt)
@@ -114,16 +225,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         bar.set_postfix(loss=f"{scalars['loss']:.4f}")
         pending, last_check, last_time = [], step, now
       if save:
-        ckpt.save(step, state)
-      if preempted:
-        logging.warning("SIGTERM: saved a checkpoint at step %d and stopped", step)
+        try:
+          ckpt.save(step, state)
+        except checkpoints.NonFiniteStateError:
+          # The loss of this step was finite, but its update was not.
+          raise FloatingPointError(
+            f"the parameters hold inf or NaN after the update of step {step}; training stopped "
+            f"without saving them. {_last_good(ckpt)}"
+          ) from None
+      if stop:
+        logging.warning(
+          "%s: saved a checkpoint at step %d and stopped",
+          stop_request.requested or "preemption",
+          step,
+        )
         break
   finally:
     bar.close()
-    preemption.restore()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    stop_request.restore()
   return state
 
 

@@ -117,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
       ["--config.data.source=tfds", "--config.data.name=no_such_tfds_dataset"],
       "no_such_tfds_dataset",
     ),
-    (["--config.diffusion.schedule=no_such_schedule"], "unknown beta schedule"),
+    (["--config.diffusion.schedule=no_such_schedule"], "diffusion.schedule must be one of"),
   ],
 )
 def test_bad_toy_config_fails_with_one_line(tmp_path, flags, message):

@@ -280,6 +280,32 @@ def test_folder_errors(tmp_path):
     create_dataset(_folder_config(tmp_path), 4, seed=0)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image", "bad_chunk"])
+def test_a_damaged_image_is_one_error_naming_it(tmp_path, damage):
+  for i in range(4):
+    _save_image(tmp_path / f"{i}.png", np.full((4, 4, 3), 40 * i, np.uint8))
+  bad = tmp_path / "2.png"
+  good_bytes = bad.read_bytes()
+  if damage == "truncated":
+    bad.write_bytes(good_bytes[:50])
+  elif damage == "not_an_image":
+    bad.write_text("hello")
+  else:  # a corrupted byte inside the pixel data: PNG's CRC check fails
+    bad.write_bytes(good_bytes[:45] + bytes([good_bytes[45] ^ 0xFF]) + good_bytes[46:])
+  ds = create_dataset(_folder_config(tmp_path, image_size=4), 4, seed=0)
+  with pytest.raises(ValueError, match=f"^cannot read image {bad}: ") as info:
+    ds.get_batch(0)
+  assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match=f"^cannot read image {bad}: "):
+    next(ds.iterate(0))  # from the background threads too
+
+
+def test_folder_and_npz_sources_need_a_path():
+  for source in ("folder", "npz"):
+    with pytest.raises(ValueError, match=f"data.source={source} needs data.path"):
+      create_dataset(_data_config(source=source, path=""), 4, seed=0)
+
+
 def _npz_config(path, **overrides):
   return _data_config(source="npz", path=str(path), **overrides)
 

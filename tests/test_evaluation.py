@@ -111,7 +111,7 @@ def test_train_logs_the_quick_evaluation(tmp_path):
   [
     (["--metrics=fid,sharpness"], "unknown metrics"),
     (["--feature_net=inception", "--inception_weights="], "pt_inception-2015-12-05"),
-    (["--num_samples=0"], "--num_samples must be >= 1"),
+    (["--num_samples=0"], "flag --num_samples=0: 0 is not a positive integer"),
     (["--ref_split=test"], "has only a train split"),
   ],
 )

@@ -112,3 +112,22 @@ def test_disabled_writer_writes_nothing(tmp_path):
   writer.flush()
   writer.close()
   assert not logdir.exists()
+
+
+def test_a_resumed_run_drops_the_rows_logged_after_its_checkpoint(tmp_path):
+  writer = metrics.MetricWriter(str(tmp_path))
+  for step in (10, 20, 30, 40):
+    writer.write_scalars(step, {"loss": step / 10})
+  writer.close()
+  with open(tmp_path / metrics.JSONL_FILENAME, "a") as f:
+    f.write('{"step": 50, "lo')  # a kill mid-line
+  resumed = metrics.MetricWriter(str(tmp_path), resume_step=20)
+  for step in (30, 40):
+    resumed.write_scalars(step, {"loss": -step / 10})
+  resumed.close()
+  with open(tmp_path / metrics.JSONL_FILENAME) as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r["step"], r["loss"]) for r in rows] == [(10, 1.0), (20, 2.0), (30, -3.0), (40, -4.0)]
+  # TensorBoard is told to discard the older file's events from step 21 on.
+  purges = [e for e in read_events(str(tmp_path)) if e.session_log.status == 1]
+  assert [e.step for e in purges] == [21]

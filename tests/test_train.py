@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -130,3 +131,75 @@ def test_sigterm_during_a_preview_still_saves_that_step(tmp_path, monkeypatch):
   ckpt = checkpoints.Checkpointer(str(tmp_path))
   assert ckpt.all_steps() == [10, 15]
   ckpt.close()
+
+
+def _restored_params(workdir, step=None):
+  config = checkpoints.load_config(workdir)
+  model = models.create_model(config)
+  shape = data.create_dataset(config.data, 64, config.seed).example_shape
+  abstract = train_lib.abstract_train_state(config, model, shape, sharding.data_mesh())
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    return ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
+
+
+def test_an_update_to_inf_is_never_saved_and_the_good_checkpoint_survives(tmp_path):
+  workdir = str(tmp_path)
+  train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=20), workdir)
+  config = tiny_configs.toy(num_train_steps=40)
+  # The loss of step 21 is computed from finite parameters; its update overflows them.
+  config.optim.learning_rate = 1e39
+  config.training.checkpoint_every = 1
+  with pytest.raises(FloatingPointError) as info:
+    train_loop.train_and_evaluate(config, workdir)
+  assert str(info.value) == (
+    "the parameters hold inf or NaN after the update of step 21; training stopped without "
+    "saving them. The last good checkpoint is step 20."
+  )
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  assert ckpt.all_steps() == [10, 20]
+  ckpt.close()
+  state = _restored_params(workdir)
+  assert int(state.step) == 20 and checkpoints.tree_is_finite(state)
+  # A corrected rerun resumes from the good step.
+  final = train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=30), workdir)
+  assert int(final.step) == 30 and checkpoints.tree_is_finite(final)
+
+
+def test_non_finite_first_step_says_no_checkpoint_was_saved(tmp_path):
+  config = tiny_configs.toy(num_train_steps=10)
+  config.optim.learning_rate = 1e39
+  config.optim.warmup_steps = 0
+  config.optim.grad_clip = 0.0
+  config.training.log_every = 1
+  with pytest.raises(FloatingPointError, match=r"No checkpoint was saved\.$") as info:
+    train_loop.train_and_evaluate(config, str(tmp_path))
+  assert "None" not in str(info.value)
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_exactly(tmp_path):
+  straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
+  final = train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=40), straight)
+  train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=30), damaged)
+  os.remove(os.path.join(damaged, "checkpoints", "30", "default", "_METADATA"))
+  again = train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=40), damaged)
+  for a, b in [(final.params, again.params), (final.ema_params, again.ema_params)]:
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+  kept = os.path.join(damaged, checkpoints.UNREADABLE_DIRNAME, "30")
+  assert os.path.isdir(kept) and not os.path.exists(os.path.join(kept, "default", "_METADATA"))
+  ckpt = checkpoints.Checkpointer(damaged, read_only=True)
+  assert ckpt.all_steps() == [20, 30, 40]  # step 30 saved afresh
+  ckpt.close()
+
+
+def test_metrics_have_one_row_per_step_after_an_interrupted_run_resumes(tmp_path):
+  workdir = str(tmp_path)
+  train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=30), workdir)
+  # As if killed after logging steps 25 and 30 but before step 30's checkpoint was written.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
+  train_loop.train_and_evaluate(tiny_configs.toy(num_train_steps=30), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == [5, 10, 15, 20, 25, 30]

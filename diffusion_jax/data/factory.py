@@ -10,6 +10,10 @@ SOURCES = ("tfds", "folder", "npz", "builtin")
 
 def _examples(data: ml_collections.ConfigDict, seed: int) -> examples.Examples:
   """Reads `data.source` / `data.name` / `data.path` into preprocessed examples."""
+  if data.source in ("folder", "npz") and not data.path:
+    # An empty path would mean the current directory: never train on whatever lies there.
+    what = "an image folder" if data.source == "folder" else "an .npz file"
+    raise ValueError(f"data.source={data.source} needs data.path ({what}); it is empty")
   if data.source == "tfds":
     images = tfds_source.TfdsImages(data.name, data.split, data.path or None)
   elif data.source == "folder":

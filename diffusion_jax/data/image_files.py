@@ -39,9 +39,15 @@ class FolderImages:
     return len(self._paths)
 
   def __getitem__(self, index: int) -> Image.Image:
-    with Image.open(self._paths[index]) as image:
-      image.load()  # decode now, so the file is closed on return
-      return image
+    path = self._paths[index]
+    try:
+      with Image.open(path) as image:
+        image.load()  # decode now, so the file is closed on return
+        return image
+    # PIL reports damaged files as OSError (truncated, not an image), SyntaxError (bad PNG
+    # chunks) or ValueError; a decompression bomb is an Image.DecompressionBombError.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      raise ValueError(f"cannot read image {path}: {e}") from None
 
 
 def load_npz_images(path: str) -> ArrayImages:
