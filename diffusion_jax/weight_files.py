@@ -1,9 +1,9 @@
 """Reads PyTorch weight files into NumPy arrays without PyTorch.
 
-Two formats: safetensors (an 8-byte little-endian header length, a JSON header naming each
-tensor's dtype, shape and byte range, then the raw bytes) and `torch.save` state dicts, either the
-zip archive torch writes since 1.6 or the older stream of pickles (magic number, protocol version,
-sys info, the tensors, the list of storage keys, then the storages' bytes).
+Two formats: safetensors, read by the `safetensors` package (the format's reference loader), and
+`torch.save` state dicts, either the zip archive torch writes since 1.6 or the older stream of
+pickles (magic number, protocol version, sys info, the tensors, the list of storage keys, then the
+storages' bytes).
 
 No pickle of a weight file can run code: the tensor pickle goes through an unpickler that knows
 only torch's tensor and storage globals and OrderedDict, every other pickle through one that
@@ -12,7 +12,6 @@ checked to lie inside their storage's bytes before they are read.
 """
 
 import collections
-import json
 import os
 import pickle
 import reprlib
@@ -21,19 +20,8 @@ import zlib
 
 import ml_dtypes
 import numpy as np
-
-_SAFETENSORS_DTYPES = {
-  "F64": np.float64,
-  "F32": np.float32,
-  "F16": np.float16,
-  "BF16": ml_dtypes.bfloat16,
-  "I64": np.int64,
-  "I32": np.int32,
-  "I16": np.int16,
-  "I8": np.int8,
-  "U8": np.uint8,
-  "BOOL": np.bool_,
-}
+import safetensors
+import safetensors.numpy
 
 # torch's typed-storage class names, which its pickles name to give a storage's dtype.
 _TORCH_STORAGE_DTYPES = {
@@ -71,34 +59,26 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads every tensor of a safetensors file.
+  """Reads every tensor of a safetensors file with the format's reference loader.
 
   Returns:
-    {name: array}.
+    {name: array}, in the file's dtypes (BF16 as ml_dtypes.bfloat16).
+
+  Raises:
+    ValueError: one line naming the file and what is wrong with it.
   """
-  with open(path, "rb") as f:
-    blob = f.read()
-  if len(blob) < 8:
-    raise ValueError(f"{path} is not a safetensors file: too short")
-  header_len = int.from_bytes(blob[:8], "little")
+  path = os.fspath(path)
   try:
-    header = json.loads(blob[8 : 8 + header_len])
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} is not a safetensors file: bad header ({e})") from None
-  data = memoryview(blob)[8 + header_len :]
-  arrays = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    if info["dtype"] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-    start, end = info["data_offsets"]
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-    shape = tuple(info["shape"])
-    if end - start != dtype.itemsize * int(np.prod(shape)) or end > len(data):
-      raise ValueError(f"{path}: tensor {name} has inconsistent byte range {start}..{end}")
-    arrays[name] = np.frombuffer(data[start:end], dtype).reshape(shape).copy()
-  return arrays
+    # The loader asks NumPy for each dtype by name; "bfloat16" resolves because this module
+    # imports ml_dtypes, which registers it.
+    return safetensors.numpy.load_file(path)
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{path}: not a valid safetensors file: {_one_line(str(e))}") from None
+  except (AttributeError, TypeError) as e:
+    # A dtype NumPy lacks (e.g. F8_E4M3) fails in the name lookup.
+    raise ValueError(
+      f"{path}: holds a dtype NumPy cannot represent ({_one_line(str(e))})"
+    ) from None
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -213,5 +213,11 @@ def test_clear_errors_for_bad_files(tmp_path):
   header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}).encode()
   short = tmp_path / "short.safetensors"
   short.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
-  with pytest.raises(ValueError, match="inconsistent byte range"):
+  with pytest.raises(
+    ValueError, match="(?i)short.safetensors: not a valid safetensors file: .*tensor"
+  ):
     weight_files.read_weights(short)
+  cut = tmp_path / "cut.safetensors"
+  cut.write_bytes(len(header).to_bytes(8, "little") + header[:-3])
+  with pytest.raises(ValueError, match="cut.safetensors: not a valid safetensors file: .*header"):
+    weight_files.read_weights(cut)
