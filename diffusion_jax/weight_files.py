@@ -273,30 +273,40 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     return archive.read(name)
   except KeyError:
     raise _Damaged(f"the archive has no {reprlib.repr(name)}") from None
-  except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-    raise _Damaged(f"the archive member {reprlib.repr(name)} is unreadable ({e})") from None
+
+
+# What zipfile raises for a damaged archive: bad headers or CRC, a broken deflate stream, an
+# unknown compression method, an encrypted member (RuntimeError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 def _read_torch_zip(path):
-  with zipfile.ZipFile(path) as archive:
-    names = archive.namelist()
-    pickle_name = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
-    if pickle_name is None:
-      raise _Damaged("a zip file but not a torch checkpoint (no data.pkl)")
-    prefix = pickle_name[: -len("data.pkl")]
-    byteorder = prefix + "byteorder"
-    if byteorder in names and _read_member(archive, byteorder) != b"little":
-      raise _Damaged("saved big-endian; only little-endian files are supported")
-    storages = {}
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return _read_torch_archive(archive)
+  except _ZIP_ERRORS as e:
+    raise _Damaged(f"an unreadable zip archive ({e})") from None
 
-    def load_storage(dtype, key):
-      if key not in storages:
-        storages[key] = _Storage(dtype)
-        storages[key].raw = _read_member(archive, f"{prefix}data/{key}")
-      return storages[key]
 
-    with archive.open(pickle_name) as f:
-      return _state_dict(_unpickle(_WeightsUnpickler(f, load_storage)))
+def _read_torch_archive(archive: zipfile.ZipFile):
+  names = archive.namelist()
+  pickle_name = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+  if pickle_name is None:
+    raise _Damaged("a zip file but not a torch checkpoint (no data.pkl)")
+  prefix = pickle_name[: -len("data.pkl")]
+  byteorder = prefix + "byteorder"
+  if byteorder in names and _read_member(archive, byteorder) != b"little":
+    raise _Damaged("saved big-endian; only little-endian files are supported")
+  storages = {}
+
+  def load_storage(dtype, key):
+    if key not in storages:
+      storages[key] = _Storage(dtype)
+      storages[key].raw = _read_member(archive, f"{prefix}data/{key}")
+    return storages[key]
+
+  with archive.open(pickle_name) as f:
+    return _state_dict(_unpickle(_WeightsUnpickler(f, load_storage)))
 
 
 def _is_sys_info(value) -> bool:

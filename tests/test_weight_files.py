@@ -195,6 +195,18 @@ def test_tensors_stay_inside_their_storage(tmp_path):
     weight_files.read_weights(path)
 
 
+def test_big_endian_zip_files(tmp_path):
+  path = tmp_path / "big.pth"
+  with (
+    zipfile.ZipFile(os.path.join(FIXTURES, "tensors_zip.pth")) as good,
+    zipfile.ZipFile(path, "w") as archive,
+  ):
+    for name in good.namelist():
+      archive.writestr(name, b"big" if name.endswith("/byteorder") else good.read(name))
+  with pytest.raises(ValueError, match="big.pth: saved big-endian"):
+    weight_files.read_weights(path)
+
+
 def test_truncated_legacy_file(tmp_path):
   path = tmp_path / "cut.pth"
   with open(os.path.join(FIXTURES, "tensors_legacy.pth"), "rb") as f:
