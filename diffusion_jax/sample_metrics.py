@@ -324,9 +324,12 @@ def load_stats(path: str) -> ReferenceStats:
   with archive:
     if not {"mu", "sigma"} <= set(archive.files):
       raise ValueError(f"{path!r} has arrays {archive.files}; statistics need 'mu' and 'sigma'")
-    mu, sigma = archive["mu"].astype(np.float64), archive["sigma"].astype(np.float64)
-    features = archive["features"] if "features" in archive.files else None
-    metadata = json.loads(str(archive["metadata"])) if "metadata" in archive.files else {}
+    try:
+      mu, sigma = archive["mu"].astype(np.float64), archive["sigma"].astype(np.float64)
+      features = archive["features"] if "features" in archive.files else None
+      metadata = json.loads(str(archive["metadata"])) if "metadata" in archive.files else {}
+    except ValueError as e:  # e.g. an object array, which only unpickling could build
+      raise ValueError(f"cannot read statistics file {path!r}: {e}") from e
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
     raise ValueError(f"{path!r} has mu {mu.shape} and sigma {sigma.shape}; need [D] and [D, D]")
   return ReferenceStats(mu, sigma, features, metadata, path)

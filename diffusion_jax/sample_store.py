@@ -66,7 +66,7 @@ class SampleStore:
     """Yields the first num_samples images, shard by shard, as uint8 [b, H, W, C] batches."""
     left = num_samples
     for i in range(num_shards):
-      with np.load(self.shard_path(i)) as shard:
+      with np.load(self.shard_path(i), allow_pickle=False) as shard:
         batch = shard["images"][:left]
       left -= len(batch)
       yield batch
@@ -75,7 +75,7 @@ class SampleStore:
     """Network evaluations per sample, averaged over the shards."""
     nfes = []
     for i in range(num_shards):
-      with np.load(self.shard_path(i)) as shard:
+      with np.load(self.shard_path(i), allow_pickle=False) as shard:
         nfes.append(int(shard["nfe"]))
     return float(np.mean(nfes))
 

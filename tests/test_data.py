@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import os
 import sys
 
 import numpy as np
@@ -342,6 +343,22 @@ def test_npz_errors(tmp_path, arrays, match):
   np.savez(tmp_path / "bad.npz", **arrays)
   with pytest.raises(ValueError, match=match):
     create_dataset(_npz_config(tmp_path / "bad.npz"), 2, seed=0)
+
+
+class _MakesDir:
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.mkdir, (self.marker,))
+
+
+def test_npz_object_arrays_are_not_unpickled(tmp_path):
+  marker = tmp_path / "marker"
+  np.savez(tmp_path / "evil.npz", images=np.array([_MakesDir(marker)], dtype=object))
+  with pytest.raises(ValueError, match="cannot read npz file .*evil.npz.*allow_pickle"):
+    create_dataset(_npz_config(tmp_path / "evil.npz"), 2, seed=0)
+  assert not marker.exists()
 
 
 def test_npz_missing_file(tmp_path):

@@ -192,6 +192,23 @@ def test_ttur_style_stats_without_features_load(tmp_path):
     stats.require_features()
 
 
+class _MakesDir:
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.mkdir, (self.marker,))
+
+
+def test_stats_object_arrays_are_not_unpickled(tmp_path):
+  marker = tmp_path / "marker"
+  path = str(tmp_path / "evil.npz")
+  np.savez(path, mu=np.array([_MakesDir(marker)], dtype=object), sigma=np.eye(1))
+  with pytest.raises(ValueError, match="cannot read statistics file .*evil.npz.*allow_pickle"):
+    sample_metrics.load_stats(path)
+  assert not marker.exists()
+
+
 def test_stats_files_are_not_overwritten_silently(tmp_path):
   path = str(tmp_path / "stats.npz")
   sample_metrics.save_stats(path, np.zeros(2), np.eye(2), metadata={"tag": "first"})

@@ -61,18 +61,22 @@ def load_npz_images(path: str) -> ArrayImages:
     The archive's images.
   """
   try:
-    archive = np.load(path)
+    archive = np.load(path, allow_pickle=False)
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read npz file {path!r}: {e}") from e
   if not isinstance(archive, np.lib.npyio.NpzFile):
     raise ValueError(f"{path!r} is not an .npz archive")
   with archive:
     if "images" in archive.files:
-      array = archive["images"]
+      name = "images"
     elif len(archive.files) == 1:
-      array = archive[archive.files[0]]
+      name = archive.files[0]
     else:
       raise ValueError(f"{path!r} has arrays {archive.files} and none is named 'images'")
+    try:
+      array = archive[name]
+    except ValueError as e:  # e.g. an object array, which only unpickling could build
+      raise ValueError(f"cannot read npz file {path!r}: {e}") from e
   if array.dtype != np.uint8:
     raise ValueError(f"npz images in {path!r} must be uint8, got {array.dtype}")
   if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
