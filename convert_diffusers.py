@@ -14,7 +14,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion_jax import checkpoints, cli_flags, convert_diffusers
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs
+from diffusion_jax.pretrained import diffusers_unet
+from diffusion_jax.training import imported_run, run_config
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A diffusers UNet2DModel or pipeline folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/.")
@@ -26,11 +29,11 @@ flags.mark_flags_as_required(["model_dir", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_library_logs()
+  logs.quiet_library_logs()
   try:
-    config, params = convert_diffusers.convert_to_workdir(
-      _MODEL_DIR.value, _WORKDIR.value, base_config=_CONFIG.value, overwrite=_OVERWRITE.value
-    )
+    imported_run.check_no_run(_WORKDIR.value, _OVERWRITE.value)  # before the (long) load
+    config, params = diffusers_unet.load_diffusers_unet(_MODEL_DIR.value, _CONFIG.value)
+    imported_run.write_run(_WORKDIR.value, config, params, overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -46,7 +49,7 @@ def main(argv):
     f"sampling: variance {s.variance}, clip_x0 {s.clip_x0}; data: {config.data.source} "
     f"{config.data.name}"
   )
-  print(f"wrote {_WORKDIR.value}/{checkpoints.CONFIG_FILENAME} and a checkpoint at step 0")
+  print(f"wrote {_WORKDIR.value}/{run_config.CONFIG_FILENAME} and a checkpoint at step 0")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,10 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import (
-  checkpoints,
-  cli_flags,
-  evaluation,
-  feature_nets,
-  run_loading,
-  sampler_flags,
-)
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs
+from diffusion_jax.evaluation import run_loading, scoring
+from diffusion_jax.metrics import feature_nets, sample_quality
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py (or convert_diffusers.py) workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0)
@@ -31,7 +27,7 @@ _BATCH_SIZE = flags.DEFINE_integer(
   "batch_size", None, "Samples per batch (default: the config's).", lower_bound=1
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_spec_from_flags = sampler_flags.define_sampler_flags()
+_spec_from_flags = cli_flags.define_sampler_flags()
 _METRICS = flags.DEFINE_list("metrics", None, "fid,is,kid,bpd (default: config.eval.metrics).")
 _FEATURE_NET = flags.DEFINE_enum(
   "feature_net", None, list(feature_nets.FEATURE_NETS), "Default: config.eval.feature_net."
@@ -55,6 +51,7 @@ _BPD_EXAMPLES = flags.DEFINE_integer(
   "bpd_num_examples", None, "Examples for bits/dim.", lower_bound=1
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing results file.")
+_initialize_distributed = cli_flags.define_distributed_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -65,12 +62,13 @@ def _or(flag, default):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_library_logs()
+  logs.quiet_library_logs()
   try:
+    _initialize_distributed()
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     ev = run.config.eval
-    metrics = evaluation.parse_metrics(_or(_METRICS, ev.metrics))
-    evaluation.check_image_data(run.config, run.example_shape)
+    metrics = sample_quality.parse_metrics(_or(_METRICS, ev.metrics))
+    sample_quality.check_image_data(run.config, run.example_shape)
     spec = _spec_from_flags(run.config.sampling)
     batch_size = _or(_BATCH_SIZE, run.config.sampling.batch_size)
     net = ref = None
@@ -82,7 +80,7 @@ def main(argv):
         cache_dir=_or(_CACHE_DIR, ""),
       )
       ref_stats, ref_split = _or(_REF_STATS, ev.ref_stats), _or(_REF_SPLIT, ev.ref_split)
-      ref = evaluation.load_reference(
+      ref = sample_quality.load_reference(
         run.config,
         net,
         stats_path=ref_stats,
@@ -91,7 +89,7 @@ def main(argv):
         batch_size=batch_size,
       )
       ref_name = ref_stats or f"{run.config.data.name} {ref_split} split"
-    results, out = evaluation.evaluate_run(
+    results, out = scoring.evaluate_run(
       run,
       _WORKDIR.value,
       spec,

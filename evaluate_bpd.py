@@ -14,9 +14,13 @@ import json
 import os
 import sys
 
+import jax
 from absl import app, flags
 
-from diffusion_jax import bpd_evaluation, checkpoints, cli_flags, run_loading
+from diffusion_jax import data
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs
+from diffusion_jax.evaluation import bits_per_dim, run_loading
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
 _SPLIT = flags.DEFINE_string("split", "train", "train or test (only tfds data has a test split).")
@@ -31,37 +35,40 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the forward-process noise.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/eval/bpd_step_<N>.json).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
+_initialize_distributed = cli_flags.define_distributed_flags()
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_library_logs()
+  logs.quiet_library_logs()
   method, split = _METHOD.value, _SPLIT.value
   try:
+    _initialize_distributed()
     # Checked before the (slow) checkpoint restore.
-    if method not in bpd_evaluation.METHODS:
+    if method not in bits_per_dim.METHODS:
       raise ValueError(
-        f"unknown --method {method!r}; choose one of {', '.join(bpd_evaluation.METHODS)}"
+        f"unknown --method {method!r}; choose one of {', '.join(bits_per_dim.METHODS)}"
       )
     if split not in ("train", "test"):
       raise ValueError(f"unknown --split {split!r}; choose train or test")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    bpd_evaluation.split_config(run.config.data, split)  # this source may lack the split
+    data.split_config(run.config.data, split)  # this source may lack the split
     out = _OUT.value or os.path.join(_WORKDIR.value, "eval", f"bpd_step_{run.step:07d}.json")
     if os.path.exists(out) and not _OVERWRITE.value:
       raise ValueError(f"{out} exists; pass --overwrite or choose another --out")
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
-    result = bpd_evaluation.evaluate_split(
+    result = bits_per_dim.evaluate_split(
       run, method, split, batch_size, _NUM_EXAMPLES.value, _SEED.value
     )
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  if jax.process_index() == 0:  # every process holds the same result; one writes it
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2)
   print(
     f"{method}: {result['total_bpd']:.4f} +- {result['total_bpd_stderr']:.4f} bits/dim "
     f"({result['meaning']}) on {result['num_examples']} {split} examples at step {run.step}; "

@@ -9,7 +9,9 @@ import sys
 
 from absl import app, flags
 
-from diffusion_jax import checkpoints, cli_flags, run_loading, sample_lib, sampler_flags
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs, sample_outputs
+from diffusion_jax.evaluation import run_loading
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "How many samples to draw.", lower_bound=1)
@@ -21,20 +23,22 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _OUT = flags.DEFINE_string(
   "out", None, "Output folder (default: <workdir>/samples/step_<N>_seed_<S>)."
 )
-_spec_from_flags = sampler_flags.define_sampler_flags()
+_spec_from_flags = cli_flags.define_sampler_flags()
 _GIF = flags.DEFINE_bool(
   "gif", False, "Also write reverse.gif, an animation of the reverse process."
 )
 _RAW = flags.DEFINE_bool("raw_params", False, "Sample from the raw params instead of the EMA.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs already in --out.")
+_initialize_distributed = cli_flags.define_distributed_flags()
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_library_logs()
+  logs.quiet_library_logs()
   try:
+    _initialize_distributed()
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "samples", f"step_{run.step:07d}_seed_{_SEED.value}"
@@ -45,7 +49,7 @@ def main(argv):
       raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
     spec = _spec_from_flags(run.config.sampling)
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
-    paths, nfe = sample_lib.sample_and_save(
+    paths, nfe = sample_outputs.sample_and_save(
       run, out, _NUM_SAMPLES.value, batch_size, _SEED.value, spec, _GIF.value
     )
   except (ValueError, FileNotFoundError) as e:

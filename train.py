@@ -9,25 +9,24 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import checkpoints, cli_flags, train_loop
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs
+from diffusion_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed", False, "Call jax.distributed.initialize() first (multi-host runs)."
-)
+_initialize_distributed = cli_flags.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  checkpoints.quiet_library_logs()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  logging.info("devices: %s", jax.devices())
+  logs.quiet_library_logs()
   try:
-    train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    _initialize_distributed()
+    logging.info("devices: %s", jax.devices())
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -8,7 +8,6 @@ step and the time for all T steps extrapolated from it (marked `~`, unless sampl
 """
 
 import os
-import sys
 import time
 
 import jax
@@ -16,9 +15,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffusion_jax import generation, models, run_loading, samplers, schedules, sharding, train_lib  # noqa: E402
+from diffusion_jax import models, samplers, schedules, sharding
+from diffusion_jax.evaluation import run_loading
+from diffusion_jax.samplers import generation
+from diffusion_jax.training import state as train_state
+from diffusion_jax.training.step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "Timed train steps (after one to compile).")
@@ -47,7 +48,7 @@ def main(argv):
   shape = run_loading.example_shape_for(config)
   sched = schedules.schedule_from_config(config.diffusion)
   state = jax.jit(
-    lambda k: train_lib.create_train_state(config, model, shape, k),
+    lambda k: train_state.create_train_state(config, model, shape, k),
     out_shardings=sharding.replicated(mesh),
   )(jax.random.key(0))
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
@@ -56,7 +57,7 @@ def main(argv):
   x0 = sharding.shard_batch(
     np.random.default_rng(0).uniform(-1, 1, (batch, *shape)).astype(np.float32), mesh
   )
-  train_step = train_lib.make_train_step(config, sched, mesh)
+  train_step = make_train_step(config, model, sched, mesh)
   key = jax.random.key(1)
   start = time.perf_counter()
   state, metrics = train_step(state, x0, key)
@@ -74,7 +75,12 @@ def main(argv):
   short = schedules.make_schedule(np.asarray(sched.betas, np.float64)[:timed_steps])
   sample_batch = _SAMPLE_BATCH.value or config.sampling.batch_size
   sample_fn = generation.make_sample_fn(
-    model, short, (sample_batch, *shape), mesh, samplers.spec_from_config(config.sampling)
+    model,
+    models.parametrization_of(config.model),
+    short,
+    (sample_batch, *shape),
+    mesh,
+    samplers.spec_from_config(config.sampling),
   )
   _, sample_s = _timed(sample_fn, state.ema_params, jax.random.key(2))
   per_step = sample_s / timed_steps

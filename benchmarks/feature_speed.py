@@ -9,17 +9,14 @@ sharded over all devices by `feature_nets.compute_features`. Together with bench
 a sampling chain this gives the time to generate and score 50,000 samples.
 """
 
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffusion_jax import feature_nets, inception, sharding  # noqa: E402
+from diffusion_jax import sharding
+from diffusion_jax.metrics import feature_nets, inception
 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Height and width of the input images.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")

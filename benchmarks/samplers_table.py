@@ -8,25 +8,16 @@ schedule against fresh mixture draws; for `trained`, the toy2d run in --workdir 
 The `floor` row is the same distance between two independent reference sets.
 """
 
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffusion_jax import (  # noqa: E402
-  data,
-  generation,
-  oracles,
-  run_loading,
-  sample_lib,
-  samplers,
-  sharding,
-)
+from diffusion_jax import data, oracles, samplers, sharding
+from diffusion_jax.cli import sample_outputs
+from diffusion_jax.evaluation import run_loading
+from diffusion_jax.samplers import generation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained toy2d workdir.")
 flags.mark_flag_as_required("workdir")
@@ -72,7 +63,7 @@ def main(argv):
     variances=np.asarray(covs[:, 0, 0], np.float32),
   )
   truth = np.asarray(mixture.sample(jax.random.key(1), NUM))
-  points = sample_lib.reference_points(run)
+  points = sample_outputs.reference_points(run)
   floor_oracle = sliced_wasserstein(truth, np.asarray(mixture.sample(jax.random.key(2), NUM)))
   floor_trained = sliced_wasserstein(points[: len(points) // 2], points[len(points) // 2 :])
 
@@ -84,11 +75,11 @@ def main(argv):
   print(f"| floor (two reference sets) | - | {floor_oracle:.4f} | {floor_trained:.4f} | - |")
   eps_oracle = oracles.eps_fn_for(mixture, sched)
   for spec in SPECS:
-    spec = samplers.SamplerSpec(**{**spec.__dict__, "clip_x0": False})
-    x_oracle, nfe_oracle = jax.jit(
-      lambda k, s=spec: samplers.run(s, eps_oracle, sched, (NUM, 2), k)
+    x_oracle, nfe_oracle, _ = jax.jit(
+      lambda k, s=spec: samplers.sample(eps_oracle, sched, (NUM, 2), k, s)
     )(jax.random.key(0))
-    args = (run.model, run.params, run.sched, run.example_shape, NUM, NUM, jax.random.key(0), mesh)
+    args = (run.model, run.kind, run.params, run.sched, run.example_shape, NUM, NUM)
+    args = (*args, jax.random.key(0), mesh)
     generation.generate(*args, spec, progress=False)  # compile
     start = time.perf_counter()
     x_trained, nfe = generation.generate(*args, spec, progress=False)

@@ -3,7 +3,7 @@
 python train.py --config=configs/celeba64.py --workdir=runs/celeba64
 """
 
-from configs import default
+from diffusion_jax.configs import default
 
 
 def get_config():

@@ -3,7 +3,7 @@
 python train.py --config=configs/church256.py --workdir=runs/church256
 """
 
-from configs import default
+from diffusion_jax.configs import default
 
 
 def get_config():

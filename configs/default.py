@@ -2,10 +2,13 @@
 
 Each experiment file calls `get_config()` here and overrides what differs. Fields are grouped
 (data, model, diffusion, training, optim, sampling, eval); any of them can be set on the command
-line, e.g. `--config.training.batch_size=64`.
+line, e.g. `--config.training.batch_size=64`, or from Python; the config is locked, so a
+mistyped field is an error either way. After `pip install`, `from diffusion_jax.configs import
+cifar10` imports these files.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_points = 10_000  # size of a builtin 2D toy dataset
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"  # unet | mlp
+  model.name = "unet"  # unet | mlp | "package.module:ClassName" (any Flax module; README)
+  model.kwargs = ml_collections.ConfigDict()  # constructor arguments of a "package.module:Class"
+  model.prediction = "eps"  # what the network predicts: eps | x0 | v (parametrization.py)
+  model.learned_variance = False  # also output the reverse variance (improved DDPM, L_hybrid)
   model.ch = 128
   model.ch_mult = (1, 2, 2, 2)
   model.num_res_blocks = 2
@@ -53,6 +59,11 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_checkpoints = 3
   training.sample_every = 10_000  # write a sample grid every N steps; 0 disables
   training.num_sample_images = 64
+  # simple: MSE on the prediction target (L_simple for eps) | min_snr: min(SNR, gamma) weighting
+  # (Hang et al. 2023) | vlb: the variational bound's own weighting (losses.py)
+  training.loss_weighting = "simple"
+  training.min_snr_gamma = 5.0
+  training.vlb_weight = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (learned variance)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4
@@ -70,10 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
   # diffusers' spacings) | "" (the sampler's default)
   sampling.spacing = ""
   sampling.eta = 0.0  # ddim only
-  sampling.variance = (
-    "fixedlarge"  # fixedlarge (sigma^2 = beta_t) | fixedsmall (posterior beta-tilde)
-  )
-  sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at each step (images only)
+  # ancestral: fixedlarge (sigma^2 = beta_t) | fixedsmall (posterior beta-tilde) | learned | ""
+  # (learned for a model with a learned variance, else fixedlarge)
+  sampling.variance = ""
+  # clip the predicted x0 to [-1, 1] at each step; None: for images, not for vector data
+  sampling.clip_x0 = config_dict.placeholder(bool)
   sampling.batch_size = 256
 
   config.eval = ev = ml_collections.ConfigDict()  # evaluate.py, and train.py's quick evaluation
@@ -87,4 +99,5 @@ def get_config() -> ml_collections.ConfigDict:
   ev.num_samples = 1000  # samples in train.py's quick evaluation (evaluate.py: --num_samples)
   ev.sampler = ""  # quick evaluation's sampler; "" = config.sampling.sampler
   ev.steps = 0  # quick evaluation's sampler steps; 0 = config.sampling.steps
+  config.lock()
   return config

@@ -4,7 +4,7 @@ python train.py --config=configs/digits.py --workdir=runs/digits
 python sample.py --workdir=runs/digits
 """
 
-from configs import default
+from diffusion_jax.configs import default
 
 
 def get_config():

@@ -4,7 +4,7 @@ python train.py --config=configs/toy2d.py --workdir=runs/toy2d
 python train.py --config=configs/toy2d.py --workdir=runs/swiss --config.data.name=swiss_roll
 """
 
-from configs import default
+from diffusion_jax.configs import default
 
 
 def get_config():

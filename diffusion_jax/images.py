@@ -1,4 +1,5 @@
-"""Image output with PIL and numpy: sample grids, 2D point-cloud renders, PNG, NPZ and GIF files."""
+"""Image output with PIL and numpy: sample grids, 2D point-cloud renders, previews of samples, and
+PNG, NPZ and GIF files."""
 
 import math
 import os
@@ -11,6 +12,8 @@ BACKGROUND = (255, 255, 255)
 POINT_COLOR = (31, 119, 180)
 REFERENCE_COLOR = (190, 190, 190)
 TITLE_COLOR = (0, 0, 0)
+
+MIN_TILE = 32  # small images (8x8 digits) are enlarged to at least this many pixels a side
 
 Lims = tuple[tuple[float, float], tuple[float, float]]
 
@@ -208,3 +211,20 @@ def _draw_dots(
     r, c = rows + dy, cols + dx
     inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)
     canvas[r[inside], c[inside]] = color
+
+
+def preview_picture(samples: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+  """An HWC uint8 picture: a grid of images [N, H, W, C] in [-1, 1], or points [N, 2] scattered
+  over optional reference points."""
+  if samples.ndim != 4:
+    return scatter_image(samples, reference=reference)
+  grid = image_grid(to_uint8(samples))
+  factor = max(1, MIN_TILE // samples.shape[1])
+  return grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def save_preview(path: str, samples: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+  """Writes preview_picture(samples, reference) to path as a PNG and returns it."""
+  picture = preview_picture(samples, reference)
+  save_png(path, picture)
+  return picture

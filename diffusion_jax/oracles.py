@@ -14,7 +14,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import sde
+from diffusion_jax import continuous_time, diffusion, parametrization
 from diffusion_jax.schedules import Schedule
 
 
@@ -80,11 +80,11 @@ class GaussianMixture:
     return -jnp.sqrt(1.0 - abar_N1) * self.score_t(x_ND, alpha_bar)
 
 
-def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> sde.EpsFn:
+def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> continuous_time.EpsFn:
   """The exact eps_fn(x, t) of `mixture` under `sched`, for x [B, ...] (flattened to [B, D]).
 
   An integer index t [B] uses the discrete alpha-bar = sched.alphas_cumprod[t]; a float index uses
-  the continuous alpha-bar(s) at s = (t + 1) / T (see `sde`), which agrees at integer t.
+  the continuous alpha-bar(s) at s = (t + 1) / T (see `continuous_time`), which agrees at integer t.
 
   Returns:
     eps_fn mapping (x [B, ...], t [B]) to eps* with x's shape.
@@ -94,7 +94,23 @@ def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> sde.EpsFn:
     if jnp.issubdtype(t_B.dtype, jnp.integer):
       abar_B = sched.alphas_cumprod[t_B]
     else:
-      abar_B = sde.alpha_bar(sched, sde.time_of(sched, t_B))
+      abar_B = continuous_time.alpha_bar(sched, continuous_time.time_of(sched, t_B))
     return mixture.eps(x.reshape(x.shape[0], -1), abar_B).reshape(x.shape)
 
   return eps_fn
+
+
+def network_for(
+  mixture: GaussianMixture, sched: Schedule, prediction: str = "eps"
+) -> parametrization.Denoiser:
+  """The exact denoiser of `mixture` predicting eps, x0 or v: eps* converted by its noise level
+  (x0* = E[x0 | x_t] and v* = alpha eps* - sigma x0*, see `parametrization`)."""
+  eps_fn = eps_fn_for(mixture, sched)
+
+  def network(x: jax.Array, t_B: jax.Array) -> jax.Array:
+    eps = eps_fn(x, t_B)
+    alpha, sigma = diffusion.noise_level(sched, t_B, x)
+    x0 = (x - sigma * eps) / alpha
+    return parametrization.training_target(prediction, x0, eps, alpha, sigma)
+
+  return parametrization.Denoiser(network, prediction)

@@ -66,6 +66,10 @@ class Schedule:
 
   betas: jax.Array
   alphas_cumprod: jax.Array
+  log_alphas_cumprod: jax.Array  # log alpha-bar (rounded from float64)
+  # float64 log alpha-bar minus log_alphas_cumprod: the two together carry its float64 digits, so
+  # the difference between any two steps (a respaced step's beta) keeps float32 precision.
+  log_alphas_cumprod_remainder: jax.Array
   alphas_cumprod_prev: jax.Array
   sqrt_alphas_cumprod: jax.Array
   sqrt_one_minus_alphas_cumprod: jax.Array
@@ -103,6 +107,7 @@ def make_schedule(betas: np.ndarray) -> Schedule:
       sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
       sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1.0),
       log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
+      log_alphas_cumprod=np.cumsum(np.log1p(-betas)),
     )
   coefs = dict(
     betas=betas,
@@ -116,6 +121,10 @@ def make_schedule(betas: np.ndarray) -> Schedule:
     posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
     posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
   )
+  log_abar = coefs["log_alphas_cumprod"]
+  with np.errstate(invalid="ignore"):  # -inf - -inf at a `jsd` schedule's end
+    remainder = log_abar - log_abar.astype(np.float32).astype(np.float64)
+  coefs["log_alphas_cumprod_remainder"] = np.where(np.isfinite(log_abar), remainder, 0.0)
   return Schedule(**{k: jnp.asarray(v, dtype=jnp.float32) for k, v in coefs.items()})
 
 

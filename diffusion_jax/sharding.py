@@ -6,6 +6,7 @@ on one CPU, several GPUs, or a multi-host pod once `jax.distributed.initialize()
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -31,6 +32,19 @@ def frames_sharding(mesh: Mesh) -> NamedSharding:
 def shard_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
   """Assembles each process's share of the batch into one global array split over 'data'."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+
+
+def shard_global_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Splits a batch that every process holds whole (an evaluation pass) over 'data'.
+
+  Each process places only the rows of its own devices, so every example is computed once.
+  """
+  return jax.make_array_from_callback(batch.shape, batch_sharding(mesh), lambda index: batch[index])
+
+
+def to_host(tree):
+  """The whole value of each array of a tree, as NumPy on every process (a gather across them)."""
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:

@@ -56,3 +56,19 @@ def create_dataset(
   return pipeline.Dataset(
     _examples(data_config, seed), global_batch_size, seed, process_index, process_count
   )
+
+
+def split_config(data_config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+  """A copy of config.data that reads `split`, which must exist for its source."""
+  if split not in ("train", "test"):
+    raise ValueError(f"unknown split {split!r}; choose train or test")
+  if data_config.source != "tfds" and split != "train":
+    raise ValueError(f"data.source {data_config.source!r} has only a train split")
+  data_config = ml_collections.ConfigDict(data_config.to_dict())
+  data_config.split = split
+  return data_config
+
+
+def default_split(data_config: ml_collections.ConfigDict) -> str:
+  """The held-out split where the source has one (tfds), else train."""
+  return "test" if data_config.source == "tfds" else "train"

@@ -1,31 +1,83 @@
-"""Denoising networks eps_theta(x_t, t) and the config-driven factory."""
+"""Denoising networks and the config-driven factory; any Flax module that keeps the call contract.
+
+The call contract: `module.apply(variables, x_t, t, train=...)` with x_t [B, ...] and t [B]
+timestep indices (int32, or float32 for the continuous-time samplers; see `parametrization`)
+returns x_t's shape, or twice its channels with a learned variance. The `train` keyword is
+optional (dropout uses the 'dropout' rng); a module without it is called without it.
+"""
+
+import dataclasses
+import importlib
+import inspect
+import json
 
 import flax.linen as nn
+import jax
 import ml_collections
 
+from diffusion_jax import parametrization
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
 
-__all__ = ["MLP", "UNet", "create_model"]
+__all__ = [
+  "MLP",
+  "UNet",
+  "apply",
+  "create_model",
+  "denoiser",
+  "init",
+  "parametrization_of",
+  "record_model",
+]
 
 _MODEL_NAMES = ("mlp", "unet")
 
 
+def parametrization_of(model_config: ml_collections.ConfigDict) -> parametrization.Parametrization:
+  """What the configured network predicts (config.model.prediction / learned_variance)."""
+  return parametrization.Parametrization(model_config.prediction, model_config.learned_variance)
+
+
+def _import_module_class(name: str) -> type[nn.Module]:
+  """The class that "package.module:ClassName" names."""
+  module_name, _, class_name = name.partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"model.name {name!r}: cannot import {module_name!r} ({e})") from None
+  for part in class_name.split(".")[:-1]:  # a class nested in another
+    module = getattr(module, part, None)
+  class_name = class_name.split(".")[-1]
+  cls = getattr(module, class_name, None)
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise ValueError(f"model.name {name!r}: {module_name} has no Flax module {class_name!r}")
+  return cls
+
+
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """Builds the denoiser named by config.model.name, checking its settings first.
+  """Builds the network config.model names, checking its settings first.
+
+  `model.name` is `unet`, `mlp`, or "package.module:ClassName" of any importable Flax module
+  keeping the call contract, constructed with `model.kwargs`.
 
   Args:
     config: experiment config; reads config.model and config.data.image_size.
 
   Returns:
-    A Linen module called as model.apply(variables, x, t, train=...) with output shaped like x.
+    A Linen module called as model.apply(variables, x, t, train=...).
 
   Raises:
     ValueError: one line naming the setting to change.
   """
   m = config.model
+  outputs = parametrization_of(m).output_channels(1)
   if m.name == "mlp":
-    return MLP(hidden_dim=m.hidden_dim, num_layers=m.num_layers, dropout=m.dropout)
+    return MLP(
+      hidden_dim=m.hidden_dim,
+      num_layers=m.num_layers,
+      dropout=m.dropout,
+      outputs_per_channel=outputs,
+    )
   if m.name == "unet":
     check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
     return UNet(
@@ -36,5 +88,61 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       dropout=m.dropout,
       num_groups=m.num_groups,
       resamp_with_conv=m.resamp_with_conv,
+      outputs_per_channel=outputs,
     )
-  raise ValueError(f"unknown model.name {m.name!r}; valid names: {', '.join(_MODEL_NAMES)}")
+  if ":" in m.name:
+    cls = _import_module_class(m.name)
+    kwargs = m.kwargs.to_dict() if hasattr(m.kwargs, "to_dict") else dict(m.kwargs)
+    try:
+      return cls(**kwargs)
+    except TypeError as e:
+      raise ValueError(f"model.name {m.name!r} with model.kwargs {kwargs}: {e}") from None
+  raise ValueError(
+    f"unknown model.name {m.name!r}; valid: {', '.join(_MODEL_NAMES)} or 'package.module:Class'"
+  )
+
+
+def record_model(config: ml_collections.ConfigDict, model: nn.Module) -> ml_collections.ConfigDict:
+  """A copy of config whose model.name and model.kwargs rebuild `model` (its class, imported by
+  "module:Class", and its dataclass fields, which must be JSON values)."""
+  cls = type(model)
+  fields = {
+    f.name: getattr(model, f.name)
+    for f in dataclasses.fields(model)
+    if f.init and f.name not in ("parent", "name")
+  }
+  try:
+    json.dumps(fields)
+  except TypeError as e:
+    raise ValueError(f"{cls.__name__}'s fields must be JSON values to be recorded: {e}") from None
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.name = f"{cls.__module__}:{cls.__qualname__}"
+    config.model.kwargs = ml_collections.ConfigDict(fields)
+  return config
+
+
+def _takes_train(model: nn.Module) -> bool:
+  return "train" in inspect.signature(type(model).__call__).parameters
+
+
+def apply(
+  model: nn.Module, params, x_t: jax.Array, t: jax.Array, *, train: bool, rngs=None
+) -> jax.Array:
+  """model.apply({'params': params}, x_t, t, train=train), leaving out `train` for modules
+  whose __call__ has no such argument."""
+  kwargs = {"train": train} if _takes_train(model) else {}
+  return model.apply({"params": params}, x_t, t, rngs=rngs, **kwargs)
+
+
+def init(model: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array) -> dict:
+  """The module's initial parameters for inputs like (x, t), in inference mode."""
+  kwargs = {"train": False} if _takes_train(model) else {}
+  return model.init({"params": key}, x, t, **kwargs)["params"]
+
+
+def denoiser(
+  model: nn.Module, params, kind: parametrization.Parametrization
+) -> parametrization.Denoiser:
+  """The network with its parameters, in inference mode, read as `kind` says."""
+  return kind.denoiser(lambda x_t, t: apply(model, params, x_t, t, train=False))

@@ -7,15 +7,16 @@ from diffusion_jax.models.layers import default_init, timestep_embedding
 
 
 class MLP(nn.Module):
-  """Noise predictor eps_theta(x_t, t) for vectors; every hidden layer adds a projection of temb."""
+  """A denoiser network for vectors; every hidden layer adds a projection of temb."""
 
   hidden_dim: int = 128
   num_layers: int = 3
   dropout: float = 0.0
+  outputs_per_channel: int = 1  # 2 with a learned variance: the prediction, then the variance
 
   @nn.compact
   def __call__(self, x_BxD: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
-    """Predicts the noise in x_t.
+    """Predicts the noise in x_t (or x0 or v, as trained; see `parametrization`).
 
     Args:
       x_BxD: [B, D] noisy vectors x_t.
@@ -23,7 +24,7 @@ class MLP(nn.Module):
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
 
     Returns:
-      eps_BxD: [B, D] predicted noise.
+      [B, D * outputs_per_channel]: the prediction (e.g. eps), then any variance outputs.
     """
     dense = lambda n: nn.Dense(n, kernel_init=default_init())
     temb = timestep_embedding(t_B, self.hidden_dim)
@@ -32,4 +33,4 @@ class MLP(nn.Module):
     for _ in range(self.num_layers):
       h_BxH = nn.silu(dense(self.hidden_dim)(h_BxH) + dense(self.hidden_dim)(temb_BxH))
       h_BxH = nn.Dropout(self.dropout, deterministic=not train)(h_BxH)
-    return dense(x_BxD.shape[-1])(h_BxH)
+    return dense(x_BxD.shape[-1] * self.outputs_per_channel)(h_BxH)

@@ -132,7 +132,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-  """The noise predictor eps_theta(x_t, t); defaults are the paper's CIFAR-10 model (35.7M)."""
+  """The denoiser network of DDPM; defaults are the paper's CIFAR-10 model (35.7M parameters)."""
 
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -141,10 +141,11 @@ class UNet(nn.Module):
   dropout: float = 0.1
   num_groups: int = 32
   resamp_with_conv: bool = True
+  outputs_per_channel: int = 1  # 2 with a learned variance: the prediction, then the variance
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
-    """Predicts the noise in x_t.
+    """Predicts the noise in x_t (or x0 or v, as trained; see `parametrization`).
 
     Args:
       x_BxHxWxC: [B, H, W, C] noisy images x_t, square.
@@ -152,7 +153,7 @@ class UNet(nn.Module):
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
 
     Returns:
-      eps_BxHxWxC: [B, H, W, C] predicted noise.
+      [B, H, W, C * outputs_per_channel]: the prediction (e.g. eps), then any variance channels.
     """
     _, H, W, C = x_BxHxWxC.shape
     if H != W:
@@ -194,4 +195,4 @@ class UNet(nn.Module):
         h = Upsample(self.resamp_with_conv, name=f"up{i}_upsample")(h)
 
     h = nn.silu(_group_norm(self.num_groups, name="norm_out")(h))
-    return _conv3x3(C, scale=ZERO_ISH_SCALE, name="conv_out")(h)
+    return _conv3x3(C * self.outputs_per_channel, scale=ZERO_ISH_SCALE, name="conv_out")(h)

@@ -1,0 +1,130 @@
+"""Command-line flags shared by the entry scripts: parsing where every bad flag is one `error:`
+line, the flags that choose a sampler (sample.py, evaluate.py), and those that join a
+multi-process run (all of them).
+
+On a cluster, `--distributed` lets `jax.distributed.initialize()` detect the processes (SLURM, Open
+MPI, TPU pods, ...). Anywhere else, e.g. several processes on one machine, give the coordinator's
+address, the process count and each process's id explicitly.
+"""
+
+import sys
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from absl import flags
+
+from diffusion_jax import samplers
+from diffusion_jax.samplers import ancestral, timesteps
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag or a mistyped or ill-typed --config override in one line.
+
+  Pass it to `absl.app.run(main, flags_parser=parse_flags)`.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    print(f"error: no such config field {_message(e)} (see configs/default.py)", file=sys.stderr)
+  except (TypeError, ValueError) as e:
+    print(f"error: invalid --config override: {e}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _message(error: BaseException) -> str:
+  """The text of an error that ml_collections may have wrapped in another, on one line.
+
+  A mistyped field arrives as AttributeError(KeyError("'field'\\nDid you mean ...?")), whose
+  plain str() would print the inner message's quotes and newline escaped.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def define_sampler_flags() -> Callable[[ml_collections.ConfigDict], samplers.SamplerSpec]:
+  """Defines --sampler --steps --spacing --eta --variance --rtol --atol --corrector_steps --snr.
+
+  Returns:
+    spec_from_flags(sampling_config): the config's SamplerSpec with the flags given overriding it.
+  """
+  sampler = flags.DEFINE_enum(
+    "sampler", None, list(samplers.SAMPLERS), "Sampler (default: the config's, ancestral)."
+  )
+  steps = flags.DEFINE_integer(
+    "steps", None, "Sampler steps (default: the sampler's).", lower_bound=1
+  )
+  spacing = flags.DEFINE_enum(
+    "spacing", None, list(timesteps.KINDS), "Timestep subsequence for fewer than T steps."
+  )
+  eta = flags.DEFINE_float("eta", None, "DDIM eta in [0, 1].", lower_bound=0.0, upper_bound=1.0)
+  variance = flags.DEFINE_enum(
+    "variance", None, list(ancestral.VARIANCES), "ancestral: sigma^2 = beta, beta-tilde or learned."
+  )
+  rtol = flags.DEFINE_float("rtol", None, "ode_adaptive relative tolerance.", lower_bound=0.0)
+  atol = flags.DEFINE_float("atol", None, "ode_adaptive absolute tolerance.", lower_bound=0.0)
+  corrector = flags.DEFINE_integer(
+    "corrector_steps", None, "sde: Langevin corrector steps.", lower_bound=0
+  )
+  snr = flags.DEFINE_float("snr", None, "sde: corrector signal-to-noise ratio.", lower_bound=0.0)
+
+  def spec_from_flags(sampling_config: ml_collections.ConfigDict) -> samplers.SamplerSpec:
+    return samplers.spec_from_config(
+      sampling_config,
+      name=sampler.value,
+      steps=steps.value,
+      spacing=spacing.value,
+      eta=eta.value,
+      variance=variance.value,
+      rtol=rtol.value,
+      atol=atol.value,
+      corrector_steps=corrector.value,
+      snr=snr.value,
+    )
+
+  return spec_from_flags
+
+
+def define_distributed_flags() -> Callable[[], None]:
+  """Defines --distributed --coordinator_address --num_processes --process_id.
+
+  Returns:
+    initialize(): joins the run the flags describe, or does nothing when none is given. Call it
+    before anything touches a device.
+  """
+  distributed = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run: jax.distributed.initialize() detects the cluster; the three "
+    "flags below override what it detects.",
+  )
+  address = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port where process 0 serves the coordination service (implies --distributed).",
+  )
+  num_processes = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run (implies --distributed)."
+  )
+  process_id = flags.DEFINE_integer(
+    "process_id", None, "This process's id in [0, num_processes) (implies --distributed)."
+  )
+
+  def initialize() -> None:
+    explicit = (address.value, num_processes.value, process_id.value)
+    if not distributed.value and all(value is None for value in explicit):
+      return
+    # Only the CPU backend reads this, so it is harmless on accelerators; without a cross-process
+    # implementation (older JAX releases default to none), CPU computations spanning processes fail.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      coordinator_address=address.value,
+      num_processes=num_processes.value,
+      process_id=process_id.value,
+    )
+
+  return initialize

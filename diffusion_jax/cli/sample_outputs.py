@@ -1,0 +1,110 @@
+"""What sample.py does: draw samples from a loaded run and write pictures, arrays and animations."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import data, diffusion, images, samplers, sharding
+from diffusion_jax.evaluation.run_loading import LoadedRun
+from diffusion_jax.samplers import generation
+
+NUM_GIF_FRAMES = 50
+MAX_GIF_IMAGES = 64
+MAX_GIF_POINTS = 1000
+
+
+def reference_points(run: LoadedRun) -> np.ndarray | None:
+  """The 2D training points of a builtin toy run (cheap to rebuild), or None for image runs."""
+  if len(run.example_shape) != 1 or run.config.data.source != "builtin":
+    return None
+  ds = data.create_dataset(run.config.data, 1, run.config.seed, process_index=0, process_count=1)
+  return ds.data_samples(ds.num_examples)
+
+
+def _forward_frames(run: LoadedRun, x0: np.ndarray, num_frames: int, key) -> np.ndarray:
+  """x_t ~ q(x_t | x0) at num_frames timesteps from 0 to T-1: the animation's forward half."""
+  x0 = jnp.asarray(x0)
+  frames = []
+  for t in np.linspace(0, run.sched.num_timesteps - 1, num_frames).round().astype(np.int32):
+    noise = jax.random.normal(jax.random.fold_in(key, int(t)), x0.shape)
+    frames.append(diffusion.q_sample(run.sched, x0, jnp.full((x0.shape[0],), t), noise))
+  return np.stack(jax.device_get(frames))
+
+
+def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key, mesh) -> None:
+  """Animates the reverse process of `spec` (ancestral for `ode_adaptive`, which has no fixed
+  steps); for 2D data the forward process plays first (data -> noise)."""
+  reference = reference_points(run)
+  num = MAX_GIF_IMAGES if reference is None else min(MAX_GIF_POINTS, len(reference))
+  num = -(-num // mesh.size) * mesh.size
+  if spec.name == "ode_adaptive":
+    spec = samplers.SamplerSpec("ancestral", clip_x0=spec.clip_x0)
+  num_steps = samplers.grid(spec, run.sched).shape[0] - 1
+  sample_fn = generation.make_sample_fn(
+    run.model,
+    run.kind,
+    run.sched,
+    (num, *run.example_shape),
+    mesh,
+    spec,
+    trajectory_every=max(1, num_steps // NUM_GIF_FRAMES),
+  )
+  _, trajectory = sample_fn(run.params, key)
+  trajectory = sharding.to_host(trajectory)
+  if reference is None:
+    frames = [images.preview_picture(np.clip(f, -1, 1)) for f in trajectory]
+  else:
+    x0 = reference[:num]
+    path_frames = np.concatenate([_forward_frames(run, x0, len(trajectory), key), trajectory])
+    lims = images.points_limits(np.concatenate([x0, trajectory[-1]]))
+    frames = [images.scatter_image(f, lims=lims) for f in path_frames]
+  if jax.process_index() == 0:
+    images.save_gif(path, frames + [frames[-1]] * 10)  # hold the last frame
+
+
+def sample_and_save(
+  run: LoadedRun,
+  out_dir: str,
+  num_samples: int,
+  batch_size: int,
+  seed: int,
+  spec: samplers.SamplerSpec,
+  gif: bool,
+) -> tuple[list[str], float]:
+  """Writes samples.npz (uint8 NHWC images, or float32 points), samples.png and optionally
+  reverse.gif (the sampler's chain) into out_dir.
+
+  Returns:
+    (the paths written, network evaluations per sample).
+  """
+  mesh = sharding.data_mesh()
+  key, gif_key = jax.random.split(jax.random.key(seed))
+  samples, nfe = generation.generate(
+    run.model,
+    run.kind,
+    run.params,
+    run.sched,
+    run.example_shape,
+    num_samples,
+    batch_size,
+    key,
+    mesh,
+    spec,
+  )
+  paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
+  if gif:
+    paths.append(os.path.join(out_dir, "reverse.gif"))
+    write_reverse_gif(run, paths[2], spec, gif_key, mesh)
+  if jax.process_index() != 0:
+    return [], nfe
+  os.makedirs(out_dir, exist_ok=True)
+  reference = reference_points(run)
+  if reference is None:
+    images.save_samples_npz(paths[0], images.to_uint8(samples))
+    images.save_preview(paths[1], samples[:256])
+  else:
+    np.savez(paths[0], arr_0=samples)
+    images.save_preview(paths[1], samples, reference)
+  return paths, nfe

@@ -1,0 +1,64 @@
+"""Load a trained run (config, model, schedule, params) from a train.py workdir."""
+
+import dataclasses
+
+import ml_collections
+from flax import linen as nn
+
+from diffusion_jax import data, models, parametrization, schedules, sharding
+from diffusion_jax.schedules import Schedule
+from diffusion_jax.training import checkpoints, config_checks, run_config
+from diffusion_jax.training import state as train_state
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  sched: Schedule
+  params: dict
+  step: int
+  example_shape: tuple[int, ...]
+
+  @property
+  def kind(self) -> parametrization.Parametrization:
+    """What the run's network predicts."""
+    return models.parametrization_of(self.config.model)
+
+  def denoiser(self) -> parametrization.Denoiser:
+    """The network with the loaded params, in inference mode: what samplers and likelihoods take."""
+    return models.denoiser(self.model, self.params, self.kind)
+
+
+def example_shape_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The per-example shape the config trains on, without opening the dataset."""
+  if config.data.source == "builtin" and config.data.name != "digits":
+    # 2D toys are generated in memory, which is cheap.
+    return data.create_dataset(
+      config.data, 1, config.seed, process_index=0, process_count=1
+    ).example_shape
+  size = config.data.image_size
+  return (size, size, config.data.num_channels)
+
+
+def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=None) -> LoadedRun:
+  """Restores workdir's config and the chosen checkpoint (default latest); EMA params by default."""
+  config = run_config.load_config(workdir)
+  config_checks.check_config(config)
+  model = models.create_model(config)
+  mesh = mesh or sharding.data_mesh()
+  shape = example_shape_for(config)
+  # Read-only: the run may be training right now, and its trainer owns the directory.
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    state = ckpt.restore(train_state.abstract_train_state(config, model, shape, mesh), step)
+  finally:
+    ckpt.close()
+  return LoadedRun(
+    config=config,
+    model=model,
+    sched=schedules.schedule_from_config(config.diffusion),
+    params=state.ema_params if use_ema else state.params,
+    step=int(state.step),
+    example_shape=shape,
+  )

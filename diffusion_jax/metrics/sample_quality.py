@@ -1,0 +1,131 @@
+"""Sample quality of a model: FID, Inception Score and KID of its samples against reference
+statistics, in memory (train.py's quick evaluation; evaluate.py stores its samples, see
+`evaluation.scoring`).
+
+The features come from a `feature_nets.FeatureNet`: the FID Inception network for the numbers the
+literature reports, or the digits classifier, which runs anywhere. Reference statistics are either
+a stats file (mu, sigma; e.g. the standard CIFAR-10 training-set file) or computed from a split
+of the run's dataset and cached (see `reference_stats`).
+"""
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion_jax import data, images, models, samplers
+from diffusion_jax.metrics import feature_nets, reference_stats, scores
+from diffusion_jax.samplers import generation
+
+METRICS = ("fid", "is", "kid", "bpd")
+
+
+def parse_metrics(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+  """Validates metric names given as a list or comma-separated string."""
+  if isinstance(names, str):
+    names = [n for n in names.split(",") if n]
+  names = tuple(n.strip().lower() for n in names)
+  unknown = [n for n in names if n not in METRICS]
+  if unknown or not names:
+    raise ValueError(f"unknown metrics {unknown or names}; choose from {', '.join(METRICS)}")
+  return names
+
+
+def check_image_data(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> None:
+  if len(example_shape) != 3:
+    raise ValueError(
+      f"sample-quality metrics need images; {config.data.name} is {example_shape[-1]}-D points "
+      "(benchmarks/samplers_table.py compares samplers on 2D data)"
+    )
+
+
+def load_reference(
+  config: ml_collections.ConfigDict,
+  net: feature_nets.FeatureNet,
+  *,
+  stats_path: str = "",
+  split: str = "train",
+  cache_dir: str = "",
+  batch_size: int = 256,
+  mesh=None,
+) -> scores.ReferenceStats:
+  """The reference statistics: read from stats_path, else computed from `split` and cached."""
+  if stats_path:
+    ref = scores.load_stats(stats_path)
+  else:
+    data_config = data.split_config(config.data, split)
+    ref = reference_stats.dataset_reference_stats(
+      data_config, net, batch_size=batch_size, cache_dir=cache_dir, mesh=mesh
+    )
+  if ref.mu.shape != (net.feature_dim,):
+    raise ValueError(
+      f"reference statistics have {ref.mu.shape[0]}-d features but {net.name} gives "
+      f"{net.feature_dim}-d ones; use statistics computed with the same feature network"
+    )
+  return ref
+
+
+def score(
+  features: np.ndarray,
+  logits: np.ndarray,
+  ref: scores.ReferenceStats,
+  metrics: tuple[str, ...],
+) -> dict:
+  """FID, IS and KID (those listed in `metrics`) of samples' features and logits."""
+  out = {}
+  if "fid" in metrics:
+    mu, sigma = scores.feature_statistics(features)
+    out["fid"] = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+  if "is" in metrics:
+    out["is"], out["is_std"] = scores.inception_score(logits)
+  if "kid" in metrics:
+    ref_features = ref.require_features("KID")
+    out["kid"], out["kid_std"] = scores.kernel_inception_distance(features, ref_features)
+  return {k: float(v) for k, v in out.items()}
+
+
+def quick_scores(
+  config: ml_collections.ConfigDict,
+  model,
+  params,
+  sched,
+  example_shape: tuple[int, ...],
+  key: jax.Array,
+  mesh,
+  net: feature_nets.FeatureNet,
+  ref: scores.ReferenceStats,
+) -> dict:
+  """config.eval.num_samples samples from params, in memory, scored by config.eval.metrics.
+
+  The sampler is config.sampling's, with config.eval.sampler / steps overriding it when set.
+  """
+  spec = eval_sampler_spec(config)
+  metrics = tuple(m for m in parse_metrics(config.eval.metrics) if m != "bpd")
+  samples, _ = generation.generate(
+    model,
+    models.parametrization_of(config.model),
+    params,
+    sched,
+    example_shape,
+    config.eval.num_samples,
+    config.sampling.batch_size,
+    key,
+    mesh,
+    spec,
+    progress=False,
+  )
+  features, logits = feature_nets.compute_features(
+    net, _batches(images.to_uint8(samples), config.sampling.batch_size), mesh=mesh
+  )
+  return score(features, logits, ref, metrics)
+
+
+def eval_sampler_spec(config: ml_collections.ConfigDict) -> samplers.SamplerSpec:
+  """config.sampling's sampler, with config.eval.sampler and config.eval.steps when set."""
+  return samplers.spec_from_config(
+    config.sampling, name=config.eval.sampler or None, steps=config.eval.steps or None
+  )
+
+
+def _batches(array: np.ndarray, batch_size: int):
+  for start in range(0, len(array), batch_size):
+    yield array[start : start + batch_size]

@@ -1,0 +1,333 @@
+"""train_and_evaluate: the training loop with checkpoints, metrics, previews and preemption."""
+
+import itertools
+import os
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from flax import linen as nn
+from jax.experimental import multihost_utils
+
+from diffusion_jax import data, images, models, samplers, schedules, sharding
+from diffusion_jax.metrics import feature_nets, sample_quality
+from diffusion_jax.samplers import generation
+from diffusion_jax.training import (
+  checkpoints,
+  config_checks,
+  metric_writer,
+  run_config,
+  workdir_lock,
+)
+from diffusion_jax.training import state as train_state
+from diffusion_jax.training.step import make_train_step
+
+
+class _StopRequest:
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a stop the loop polls, so it can save before exiting.
+
+  A second Ctrl-C stops at once, without saving. With several processes SIGTERM belongs to the
+  preemption notifier that jax.distributed.initialize starts (a Python handler would replace it):
+  a signal to any process reaches the coordination service, which picks the step where all of them
+  save. Ctrl-C there is passed on to that notifier as a SIGTERM.
+  """
+
+  def __init__(self):
+    self.requested = None  # the name of the signal that asked to stop
+    self._multiprocess = jax.process_count() > 1
+    signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+  def _handle(self, signum, frame):
+    if signum == signal.SIGINT and self.requested == "SIGINT":
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print(
+        "\nCtrl-C: saving a checkpoint after this step (press it again to stop without saving)",
+        file=sys.stderr,
+      )
+      if self._multiprocess:
+        signal.raise_signal(signal.SIGTERM)  # to the notifier, which tells every process
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; on several processes, all of them agree on it."""
+    if self._multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested is not None
+
+  def name(self) -> str:
+    return self.requested or "SIGTERM"
+
+  def restore(self):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+def _last_good(ckpt: checkpoints.Checkpointer) -> str:
+  ckpt.wait()  # a save still in flight counts
+  step = ckpt.latest_step()
+  return "No checkpoint was saved." if step is None else f"The last good checkpoint is step {step}."
+
+
+def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
+  """Raises at the first non-finite loss among the steps since the last check."""
+  for offset, loss in enumerate(m["loss"] for m in host_metrics):
+    if not np.isfinite(loss):
+      raise FloatingPointError(
+        f"loss is {loss} at step {first_step + offset + 1}; training stopped. {_last_good(ckpt)}"
+      )
+
+
+def _take_workdir_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """The first process locks the workdir; every process fails alike if it is taken."""
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir, "train.py")
+    try:
+      lock.acquire()
+    except ValueError as e:
+      lock, error = None, str(e)
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    if taken and not error:
+      error = f"{workdir} is being written by another process; one writer per workdir"
+  if error:
+    raise ValueError(error)
+  return lock
+
+
+def _restore_or_init(config, model, example_shape, mesh, ckpt, init_key) -> train_state.TrainState:
+  """The newest readable checkpoint's state, or a fresh one; damaged checkpoints are set aside."""
+  if ckpt.latest_step() is None:
+    return jax.jit(
+      lambda k: train_state.create_train_state(config, model, example_shape, k),
+      out_shardings=sharding.replicated(mesh),
+    )(init_key)
+  abstract = train_state.abstract_train_state(config, model, example_shape, mesh)
+  state, unreadable = ckpt.restore_newest_readable(abstract)
+  for bad in unreadable:
+    # Saving that step again later would collide with it; keep it, out of the way.
+    moved = ckpt.set_aside(bad.step) if jax.process_index() == 0 else bad.path
+    logging.warning("moved the unreadable checkpoint of step %d to %s", bad.step, moved)
+  if unreadable and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("unreadable checkpoints set aside")
+    ckpt.reload()
+  logging.info("resumed from step %d", int(state.step))
+  return state
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
+) -> train_state.TrainState:
+  """Trains per config in workdir, resuming from its latest checkpoint; returns the final state.
+
+  Only one process may write a workdir at a time (see `workdir_lock`); a second one is refused.
+
+  Args:
+    config: the experiment config (see configs/default.py).
+    workdir: the run's directory.
+    model: optional network to train instead of config.model's: any Flax module keeping the
+      call contract of `models`. The run records it as config.model.name =
+      "module:Class" with its fields in config.model.kwargs, so sample.py and evaluate.py can
+      rebuild it wherever that module is importable.
+  """
+  if model is not None:
+    config = models.record_model(config, model)
+  config_checks.check_config(config)
+  config = _with_absolute_paths(config)
+  lock = _take_workdir_lock(workdir)
+  try:
+    return _train(config, workdir, model if model is not None else models.create_model(config))
+  finally:
+    if lock:
+      lock.release()
+
+
+def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy whose file paths are absolute, so the recorded run opens from any directory."""
+  config = config.copy_and_resolve_references()
+  for group, field in (("data", "path"), ("eval", "inception_weights"), ("eval", "ref_stats")):
+    if config[group][field]:
+      config[group][field] = os.path.abspath(os.path.expanduser(config[group][field]))
+  return config
+
+
+def _train(
+  config: ml_collections.ConfigDict, workdir: str, model: nn.Module
+) -> train_state.TrainState:
+  mesh = sharding.data_mesh()
+  training = config.training
+  sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
+  sched = schedules.schedule_from_config(config.diffusion)
+  ds = data.create_dataset(config.data, training.batch_size, config.seed)
+  init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
+  quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
+
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=training.keep_checkpoints)
+  writer = None
+  try:
+    state = _restore_or_init(config, model, ds.example_shape, mesh, ckpt, init_key)
+    start = int(state.step)
+    batches = ds.iterate(start)
+    first_batch = next(batches)  # reads (and so checks) data before the run is recorded
+    is_main = jax.process_index() == 0
+    if is_main:
+      # A resumed run may change how it trains, but not what it models.
+      run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
+    resume_step = start if start else None
+    writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
+    batches = itertools.chain([first_batch], batches)
+    return _run_steps(
+      config,
+      model,
+      sched,
+      ds,
+      mesh,
+      state,
+      batches,
+      ckpt,
+      writer,
+      quick_eval,
+      workdir,
+      train_key,
+      preview_key,
+    )
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    if writer:
+      writer.close()
+
+
+def _run_steps(
+  config,
+  model,
+  sched,
+  ds,
+  mesh,
+  state,
+  batches,
+  ckpt,
+  writer,
+  quick_eval,
+  workdir,
+  train_key,
+  preview_key,
+):
+  """The loop from the state's step to training.num_train_steps, with logging, previews,
+  evaluations, checkpoints and stopping on request."""
+  training = config.training
+  train_step = make_train_step(config, model, sched, mesh)
+  start = int(state.step)
+  num_steps = training.num_train_steps
+  stop_request = _StopRequest()
+  pending, last_check, last_time = [], start, time.perf_counter()
+  # XLA's CPU client can deadlock when processes with several devices each queue many programs
+  # with cross-process collectives; there, wait for step s - 1 once step s is queued.
+  throttle = jax.process_count() > 1 and jax.default_backend() == "cpu"
+  is_main = jax.process_index() == 0
+  bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
+  try:
+    for step in range(start + 1, num_steps + 1):
+      x0 = sharding.shard_batch(next(batches), mesh)
+      state, step_metrics = train_step(state, x0, train_key)
+      pending.append(step_metrics)
+      if throttle and len(pending) > 1:
+        jax.block_until_ready(pending[-2])
+      bar.update(1)
+      if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
+        _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
+      if quick_eval and step % config.eval.every_steps == 0:
+        writer.write_scalars(step, quick_eval(state.ema_params))
+      # Decided once, after all of this step's work, so a stop request at any point is saved.
+      stop = stop_request.reached(step)
+      save = step % training.checkpoint_every == 0 or step == num_steps or stop
+      if save or step % training.log_every == 0:
+        host_metrics = jax.device_get(pending)  # one transfer for every step since the last log
+        _check_finite(host_metrics, last_check, ckpt)
+        now = time.perf_counter()
+        scalars = {k: float(np.mean([m[k] for m in host_metrics])) for k in host_metrics[0]}
+        scalars["steps_per_sec"] = len(pending) / (now - last_time)
+        scalars["images_per_sec"] = scalars["steps_per_sec"] * training.batch_size
+        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+        pending, last_check, last_time = [], step, now
+      if save:
+        try:
+          ckpt.save(step, state)
+        except checkpoints.NonFiniteStateError:
+          # The loss of this step was finite, but its update was not.
+          raise FloatingPointError(
+            f"the parameters hold inf or NaN after the update of step {step}; training stopped "
+            f"without saving them. {_last_good(ckpt)}"
+          ) from None
+      if stop:
+        logging.warning("%s: saved a checkpoint at step %d and stopped", stop_request.name(), step)
+        break
+  finally:
+    bar.close()
+    stop_request.restore()
+  return state
+
+
+def _make_quick_eval(config, model, sched, ds, mesh, key):
+  """fn(params) -> {"eval/fid": ..., ...} when config.eval.every_steps > 0, else None.
+
+  The feature network and reference statistics are set up here, so a missing weights file stops
+  the run before training rather than at the first evaluation. Every evaluation uses the same
+  key, so the logged numbers differ only through the params.
+  """
+  if not config.eval.every_steps:
+    return None
+  sample_quality.check_image_data(config, ds.example_shape)
+  net = feature_nets.create_feature_net(
+    config.eval.feature_net, inception_weights=config.eval.inception_weights
+  )
+  ref = sample_quality.load_reference(
+    config,
+    net,
+    stats_path=config.eval.ref_stats,
+    split=config.eval.ref_split,
+    batch_size=config.sampling.batch_size,
+    mesh=mesh,
+  )
+
+  def quick_eval(params):
+    scores = sample_quality.quick_scores(
+      config, model, params, sched, ds.example_shape, key, mesh, net, ref
+    )
+    return {f"eval/{name}": value for name, value in scores.items()}
+
+  return quick_eval
+
+
+def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, step):
+  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
+  samples, _ = generation.generate(
+    model,
+    models.parametrization_of(config.model),
+    state.ema_params,
+    sched,
+    ds.example_shape,
+    config.training.num_sample_images,
+    config.sampling.batch_size,
+    key,
+    mesh,
+    samplers.spec_from_config(config.sampling),
+    progress=False,
+  )
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "previews", f"step_{step:07d}.png")
+  reference = None
+  if not ds.is_image:  # over the first points of all the data, not of this process's share
+    whole = data.create_dataset(config.data, 1, config.seed, process_index=0, process_count=1)
+    reference = whole.data_samples(min(2000, whole.num_examples))
+  picture = images.save_preview(path, samples, reference)
+  writer.write_images(step, {"samples": picture})

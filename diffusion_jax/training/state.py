@@ -1,0 +1,77 @@
+"""The train state (parameters, their EMA, Adam's moments) and how it is made: from a config, or
+from any Flax module and optax optimizer."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import linen as nn
+from flax.training import train_state
+
+from diffusion_jax import models, sharding
+
+
+class TrainState(train_state.TrainState):
+  """Adds the exponential moving average of the parameters, which sampling uses by default."""
+
+  ema_params: Any
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to the learning rate over warmup_steps, then constant (as DDPM)."""
+  lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
+  if warmup <= 0:
+    return optax.constant_schedule(lr)
+  return lambda step: lr * jnp.minimum(1.0, step / warmup)
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the warmup schedule, after optional global-norm clipping."""
+  adam = optax.adam(
+    learning_rate_schedule(optim_config),
+    b1=optim_config.beta1,
+    b2=optim_config.beta2,
+    eps=optim_config.eps,
+  )
+  if optim_config.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adam)
+  return adam
+
+
+def init_train_state(
+  model: nn.Module, example_shape: tuple[int, ...], key: jax.Array, tx: optax.GradientTransformation
+) -> TrainState:
+  """Initialises params (and an EMA copy of them) for inputs of example_shape, with optimizer tx."""
+  x = jnp.zeros((1, *example_shape), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  params = models.init(model, key, x, t)
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=tx,
+    # A real copy: the step donates the state, and shared buffers cannot be donated twice.
+    ema_params=jax.tree.map(jnp.copy, params),
+  )
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, model: nn.Module, example_shape: tuple[int, ...], key
+) -> TrainState:
+  """`init_train_state` with the optimizer of config.optim."""
+  return init_train_state(model, example_shape, key, make_optimizer(config.optim))
+
+
+def ema_update(ema_params, params, decay: float):
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def abstract_train_state(config, model, example_shape, mesh):
+  """The train state's shapes, dtypes and (replicated) shardings, without allocating it."""
+  shapes = jax.eval_shape(
+    lambda k: create_train_state(config, model, example_shape, k), jax.random.key(0)
+  )
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
