@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import sampling, schedules
+from diffusion_jax import samplers, schedules
+from diffusion_jax.samplers import chain
 
 MU = np.array([0.5, -1.0])
 S = 0.3
@@ -122,12 +123,21 @@ def _half_eps(x, t):
   return 0.5 * x
 
 
+def ancestral(
+  eps_fn, sched, shape, key, *, variance="fixedlarge", clip_x0=True, trajectory_every=0
+):
+  """Ancestral sampling on the full chain: x0, or (x0, trajectory) when one is recorded."""
+  spec = samplers.SamplerSpec("ancestral", variance=variance, clip_x0=clip_x0)
+  result = samplers.sample(eps_fn, sched, shape, key, spec, trajectory_every=trajectory_every)
+  return (result.x, result.trajectory) if trajectory_every else result.x
+
+
 # Each eager `sample` call retraces and recompiles its scan (~1.5 s on this CPU), so the tests
 # share one jitted sampler, cached on (eps_fn, shape, options), with the schedule as an argument.
 _sample = jax.jit(
-  sampling.sample,
+  ancestral,
   static_argnums=(0, 2),
-  static_argnames=("variance", "clip_x0", "trajectory_every", "sharding"),
+  static_argnames=("variance", "clip_x0", "trajectory_every"),
 )
 
 
@@ -151,7 +161,7 @@ def _setup(n):
 def test_num_trajectory_frames_counts_x_T_and_each_recorded_step(n):
   for every in range(1, n + 3):
     recorded = [t for t in range(n) if t % every == 0]  # step indices kept; always includes 0
-    assert sampling.num_trajectory_frames(n, every) == 1 + len(recorded)
+    assert chain.num_trajectory_frames(n, every) == 1 + len(recorded)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 4, 2), (512, 2)], ids=["image", "vector"])
@@ -162,7 +172,7 @@ def test_output_shape_and_dtype(shape):
   assert np.all(np.isfinite(np.asarray(x0)))
   if len(shape) == 4:  # recording a trajectory changes neither the shape nor the sample
     x0_traj, frames = _sample(_zero_eps, sched, shape, jax.random.key(0), trajectory_every=3)
-    assert frames.shape == (sampling.num_trajectory_frames(10, 3),) + shape
+    assert frames.shape == (chain.num_trajectory_frames(10, 3),) + shape
     assert frames.dtype == jnp.float32
     np.testing.assert_allclose(x0_traj, x0, rtol=1e-6, atol=1e-6)
 
@@ -258,7 +268,7 @@ def test_trajectory_frames_are_x_T_then_every_kth_state(every):
   _, full = _sample(setup["gauss"], setup["sched"], shape, key, trajectory_every=1, **kw)
   x0, frames = _sample(setup["gauss"], setup["sched"], shape, key, trajectory_every=every, **kw)
   recorded = [t for t in range(n_steps - 1, -1, -1) if t % every == 0]
-  assert frames.shape[0] == sampling.num_trajectory_frames(n_steps, every) == 1 + len(recorded)
+  assert frames.shape[0] == chain.num_trajectory_frames(n_steps, every) == 1 + len(recorded)
   np.testing.assert_array_equal(frames[0], full[0])  # the initial noise x_T
   for j, t in enumerate(recorded, start=1):  # frame j holds the state after step index t
     np.testing.assert_allclose(frames[j], full[n_steps - t], rtol=1e-6, atol=1e-6, err_msg=str(t))
@@ -400,10 +410,10 @@ def test_sampler_runs_under_jit_with_the_schedule_as_an_argument():
 
   @jax.jit
   def draw(sched, key):
-    return sampling.sample(setup["gauss"], sched, shape, key, variance="fixedsmall", clip_x0=False)
+    return ancestral(setup["gauss"], sched, shape, key, variance="fixedsmall", clip_x0=False)
 
   jitted = np.asarray(draw(setup["sched"], key))
-  eager = sampling.sample(
+  eager = ancestral(
     setup["gauss"], setup["sched"], shape, key, variance="fixedsmall", clip_x0=False
   )
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_jax import checkpoints, train_loop
+from diffusion_jax.training import checkpoints
+from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
 from tests.scripts import ROOT, assert_fails_cleanly, run_script
 from tests.test_cli import DIGITS_FLAGS, TOY_FLAGS
@@ -26,7 +27,7 @@ _TRAIN_WITH_A_SAVE_HELD_OPEN = textwrap.dedent(
   """
   import os, sys, time
   import orbax.checkpoint as ocp
-  from diffusion_jax import train_loop
+  from diffusion_jax.training import loop as train_loop
   from tests import tiny_configs
 
   workdir, go = sys.argv[1], sys.argv[2]

@@ -5,7 +5,7 @@ import importlib
 import ml_collections
 import pytest
 
-from diffusion_jax import config_checks
+from diffusion_jax.training import config_checks
 from tests.test_configs import CONFIGS
 
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import models, run_loading, schedules
+from diffusion_jax import models, schedules
+from diffusion_jax.evaluation import run_loading
 
 CONFIGS = ["cifar10", "celeba64", "church256", "digits", "toy2d"]
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import oracles, schedules, sde
+from diffusion_jax import continuous_time, oracles, schedules
 
 SCHEDULES = [("linear", 1000), ("cosine", 1000), ("quad", 7), ("linear", 1)]
 
@@ -20,17 +20,19 @@ def _sched(name: str, num_timesteps: int):
 def _curves(sched: schedules.Schedule, s: jax.Array) -> dict[str, jax.Array]:
   """Every function of s at once (one compilation per shape; eager calls compile op by op)."""
   return dict(
-    index=sde.index_of(sched, s),
-    log_alpha_bar=sde.log_alpha_bar(sched, s),
-    alpha_bar=sde.alpha_bar(sched, s),
-    one_minus_alpha_bar=sde.one_minus_alpha_bar(sched, s),
-    beta=sde.beta(sched, s),
+    index=continuous_time.index_of(sched, s),
+    log_alpha_bar=continuous_time.log_alpha_bar(sched, s),
+    alpha_bar=continuous_time.alpha_bar(sched, s),
+    one_minus_alpha_bar=continuous_time.one_minus_alpha_bar(sched, s),
+    beta=continuous_time.beta(sched, s),
   )
 
 
 def _knot_times(num_timesteps: int) -> np.ndarray:
-  """s_t = (t + 1) / T as `sde.time_of` computes it, in float32."""
-  return np.asarray(sde.time_of(_sched("linear", num_timesteps)[1], np.arange(num_timesteps)))
+  """s_t = (t + 1) / T as `continuous_time.time_of` computes it, in float32."""
+  return np.asarray(
+    continuous_time.time_of(_sched("linear", num_timesteps)[1], np.arange(num_timesteps))
+  )
 
 
 def _log_knots(betas: np.ndarray) -> np.ndarray:
@@ -73,7 +75,9 @@ def test_alpha_bar_hits_the_discrete_schedule_at_the_knots(name, num_timesteps):
 def test_time_of_log_alpha_bar_inverts_log_alpha_bar(name, num_timesteps):
   _, sched = _sched(name, num_timesteps)
   s = np.random.default_rng(0).uniform(0.0, 1.0, size=num_timesteps).astype(np.float32)
-  inverted = jax.jit(sde.time_of_log_alpha_bar)(sched, _curves(sched, s)["log_alpha_bar"])
+  inverted = jax.jit(continuous_time.time_of_log_alpha_bar)(
+    sched, _curves(sched, s)["log_alpha_bar"]
+  )
   np.testing.assert_allclose(inverted, s, atol=2e-6)
 
 
@@ -114,7 +118,7 @@ S = 0.3137  # inside the interval (0.313, 0.314], away from the knots
 
 
 def _log_q(x_D: jax.Array, s: jax.Array) -> jax.Array:
-  return MIX.log_prob_t(x_D[None], sde.alpha_bar(SCHED, s))[0]
+  return MIX.log_prob_t(x_D[None], continuous_time.alpha_bar(SCHED, s))[0]
 
 
 @jax.jit
@@ -125,13 +129,17 @@ def _fokker_planck_terms(x_ND: jax.Array):
   d_ds = jax.vmap(jax.grad(_log_q, argnums=1), in_axes=(0, None))(x_ND, S)
   grad = jax.vmap(jax.grad(_log_q), in_axes=(0, None))(x_ND, S)
   laplacian = jax.vmap(lambda x_D: jnp.trace(jax.hessian(_log_q)(x_D, S)))(x_ND)
-  pf = sde.pf_ode_drift(eps_fn, SCHED, x_ND, S)
-  pf_jac = jax.vmap(jax.jacfwd(lambda x_D: sde.pf_ode_drift(eps_fn, SCHED, x_D[None], S)[0]))
+  pf = continuous_time.pf_ode_drift(eps_fn, SCHED, x_ND, S)
+  pf_jac = jax.vmap(
+    jax.jacfwd(lambda x_D: continuous_time.pf_ode_drift(eps_fn, SCHED, x_D[None], S)[0])
+  )
   pf_div = jnp.trace(pf_jac(x_ND), axis1=1, axis2=2)
-  pf_lam = sde.pf_ode_drift_log_alpha_bar(eps_fn, SCHED, x_ND, sde.log_alpha_bar(SCHED, S))
-  reverse = sde.reverse_sde_drift(eps_fn, SCHED, x_ND, S)
-  score = sde.score(eps_fn, SCHED, x_ND, S)
-  return d_ds, grad, laplacian, pf, pf_div, pf_lam, reverse, score, sde.beta(SCHED, S)
+  pf_lam = continuous_time.pf_ode_drift_log_alpha_bar(
+    eps_fn, SCHED, x_ND, continuous_time.log_alpha_bar(SCHED, S)
+  )
+  reverse = continuous_time.reverse_sde_drift(eps_fn, SCHED, x_ND, S)
+  score = continuous_time.score(eps_fn, SCHED, x_ND, S)
+  return d_ds, grad, laplacian, pf, pf_div, pf_lam, reverse, score, continuous_time.beta(SCHED, S)
 
 
 def test_drifts_transport_the_exact_marginals():

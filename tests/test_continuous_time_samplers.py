@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import ode_samplers, oracles, schedules, sde, sde_samplers
+from diffusion_jax import continuous_time, ode_solvers, oracles, samplers, schedules
 
 Z = 5.0  # standard errors allowed: a false failure has probability ~6e-7 per check
 N = 4096  # samples per sampler
@@ -47,20 +47,12 @@ MIXTURES = {
 # Step counts where each sampler's bias is below what N samples resolve (5 standard errors are
 # ~15% of a 2-D component's variance). Measured with 32k samples, the narrow components'
 # variances come out within +7% (Euler), 4% (Heun, adaptive, Euler-Maruyama), 7% (PC).
-SAMPLERS = {
-  "euler": lambda eps_fn, shape, key: ode_samplers.sample(
-    eps_fn, SCHED, shape, key, method="euler", num_steps=500
-  )[0],
-  "heun": lambda eps_fn, shape, key: ode_samplers.sample(
-    eps_fn, SCHED, shape, key, method="heun", num_steps=50
-  )[0],
-  "adaptive": lambda eps_fn, shape, key: ode_samplers.sample(eps_fn, SCHED, shape, key)[0],
-  "euler_maruyama": lambda eps_fn, shape, key: sde_samplers.sample(
-    eps_fn, SCHED, shape, key, num_steps=500
-  ),
-  "predictor_corrector": lambda eps_fn, shape, key: sde_samplers.sample(
-    eps_fn, SCHED, shape, key, num_steps=200, corrector_steps=1, snr=0.1
-  ),
+SPECS = {
+  "euler": samplers.SamplerSpec("ode_euler", steps=500),
+  "heun": samplers.SamplerSpec("ode_heun", steps=50),
+  "adaptive": samplers.SamplerSpec("ode_adaptive"),
+  "euler_maruyama": samplers.SamplerSpec("sde", steps=500),
+  "predictor_corrector": samplers.SamplerSpec("sde", steps=200, corrector_steps=1, snr=0.1),
 }
 
 
@@ -104,11 +96,15 @@ def _reference(dim: int):
 
 @functools.cache
 def _jitted(name: str, dim: int):
-  return jax.jit(lambda mix, key: SAMPLERS[name](oracles.eps_fn_for(mix, SCHED), (N, dim), key))
+  return jax.jit(
+    lambda mix, key: (
+      samplers.sample(oracles.eps_fn_for(mix, SCHED), SCHED, (N, dim), key, SPECS[name]).x
+    )
+  )
 
 
 @pytest.mark.parametrize("dim", [2, 16])
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", list(SPECS))
 def test_sampler_reproduces_the_mixture(name, dim):
   mix = MIXTURES[dim]
   x = _jitted(name, dim)(mix, jax.random.key(7))
@@ -136,7 +132,7 @@ def test_sampler_keys_determine_samples():
 
 def _pf_ode(mix: oracles.GaussianMixture):
   """dx/dlambda of the probability-flow ODE under SCHED with the exact oracle."""
-  return lambda x, lam: sde.pf_ode_drift_log_alpha_bar(
+  return lambda x, lam: continuous_time.pf_ode_drift_log_alpha_bar(
     oracles.eps_fn_for(mix, SCHED), SCHED, x, lam
   )
 
@@ -144,8 +140,8 @@ def _pf_ode(mix: oracles.GaussianMixture):
 @functools.cache
 def _fixed_step(method: str, num_steps: int):
   """Jitted fixed-step solve of the probability-flow ODE from s = 1 to 1/T."""
-  grid = ode_samplers.pf_ode_grid(SCHED, num_steps)
-  return jax.jit(lambda mix, x_1: ode_samplers.solve(_pf_ode(mix), x_1, grid, method=method))
+  grid = continuous_time.log_alpha_bar_grid(SCHED, num_steps)
+  return jax.jit(lambda mix, x_1: ode_solvers.solve(_pf_ode(mix), x_1, grid, method=method))
 
 
 # Wider components than MIXTURES[2]: its 0.02-variance one makes the ODE stiff near s = 0, where
@@ -181,13 +177,13 @@ def test_fixed_step_convergence_order(method, order):
 
 @jax.jit
 def _adaptive(mix, x, lam_start, lam_end, tol):
-  return ode_samplers.adaptive(_pf_ode(mix), x, lam_start, lam_end, rtol=tol, atol=tol)
+  return ode_solvers.adaptive(_pf_ode(mix), x, lam_start, lam_end, rtol=tol, atol=tol)
 
 
 def test_ode_forward_then_backward_returns_the_start():
   """Data -> noise -> data with a tight tolerance is the identity map, up to the solver error."""
   x_0 = MIXTURES[2].sample(jax.random.key(1), 256)
-  lam_min, lam_1 = ode_samplers.pf_ode_grid(SCHED, 1)[::-1]
+  lam_min, lam_1 = continuous_time.log_alpha_bar_grid(SCHED, 1)[::-1]
   x_1, _ = _adaptive(MIXTURES[2], x_0, lam_min, lam_1, 1e-6)
   back, _ = _adaptive(MIXTURES[2], x_1, lam_1, lam_min, 1e-6)
   assert 0.9 < float(jnp.std(x_1)) < 1.1  # it did reach (near-Gaussian) noise
@@ -198,7 +194,7 @@ def test_adaptive_nfe_grows_and_error_shrinks_with_tighter_tolerance():
   """Per decade of tolerance the NFE is not always monotone (step-size control near the stiff end
   at s ~ 0), so tolerances two decades apart."""
   x_1, reference = _reference_solution()
-  lam_1, lam_min = ode_samplers.pf_ode_grid(SCHED, 1)
+  lam_1, lam_min = continuous_time.log_alpha_bar_grid(SCHED, 1)
   nfes, errors = [], []
   for tol in (1e-2, 1e-4, 1e-6):
     x, nfe = _adaptive(WIDE, x_1, lam_1, lam_min, tol)
@@ -218,7 +214,7 @@ def test_adaptive_nfe_counts_drift_calls_and_solves_a_linear_ode():
     jax.debug.callback(lambda: calls.append(1))
     return -y
 
-  y, nfe = jax.jit(lambda y0: ode_samplers.adaptive(drift, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6))(
+  y, nfe = jax.jit(lambda y0: ode_solvers.adaptive(drift, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6))(
     jnp.ones((3,))
   )
   jax.effects_barrier()

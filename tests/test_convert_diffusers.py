@@ -14,8 +14,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from configs import cifar10
-from diffusion_jax import checkpoints, convert_diffusers, models, run_loading, weight_files
+from diffusion_jax import models
+from diffusion_jax.configs import cifar10
+from diffusion_jax.evaluation import run_loading
+from diffusion_jax.pretrained import diffusers_unet, weight_files
+from diffusion_jax.training import imported_run, run_config
 from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "diffusers_tiny")
@@ -32,7 +35,7 @@ with open(os.path.join(MODEL_DIR, "scheduler_config.json")) as f:
 @pytest.fixture(scope="module")
 def converted():
   """(config, params, jitted eps(params, x, t)) for the fixture model."""
-  config, params = convert_diffusers.load_diffusers_unet(MODEL_DIR)
+  config, params = diffusers_unet.load_diffusers_unet(MODEL_DIR)
   model = models.create_model(config)
   return config, params, jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
 
@@ -75,14 +78,14 @@ def test_converted_unet_matches_diffusers(converted, kind):
 def test_bin_and_safetensors_give_identical_params(converted):
   config, params, _ = converted
   state_dict = weight_files.read_weights(os.path.join(MODEL_DIR, "diffusion_pytorch_model.bin"))
-  from_bin = convert_diffusers.convert_params(state_dict, config)
+  from_bin = diffusers_unet.convert_params(state_dict, config)
   assert jax.tree.structure(from_bin) == jax.tree.structure(params)
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, from_bin, params)))
 
 
 def test_pipeline_folder_with_old_attention_names_and_float16(converted):
   config, params, _ = converted
-  legacy_config, legacy_params = convert_diffusers.load_diffusers_unet(LEGACY_DIR)
+  legacy_config, legacy_params = diffusers_unet.load_diffusers_unet(LEGACY_DIR)
   assert legacy_config.to_dict() == config.to_dict()
   as_float16 = jax.tree.map(lambda p: p.astype(np.float16).astype(np.float32), params)
   same = jax.tree.map(
@@ -94,7 +97,7 @@ def test_pipeline_folder_with_old_attention_names_and_float16(converted):
 def test_bfloat16_weights_are_cast(converted):
   config, params, _ = converted
   as_bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in _state_dict().items()}
-  got = convert_diffusers.convert_params(as_bf16, config)
+  got = diffusers_unet.convert_params(as_bf16, config)
   want = jax.tree.map(lambda p: p.astype(ml_dtypes.bfloat16).astype(np.float32), params)
   same = jax.tree.map(lambda a, b: a.dtype == np.float32 and np.array_equal(a, b), got, want)
   assert all(jax.tree.leaves(same))
@@ -103,7 +106,7 @@ def test_bfloat16_weights_are_cast(converted):
 def test_base_config_sets_everything_else():
   base = cifar10.get_config()
   base.training.batch_size = 7
-  config, _ = convert_diffusers.load_diffusers_unet(MODEL_DIR, base_config=base)
+  config, _ = diffusers_unet.load_diffusers_unet(MODEL_DIR, base_config=base)
   assert config.training.batch_size == 7 and config.model.ch == 4
 
 
@@ -139,7 +142,7 @@ UNET_REFUSALS = [
 @pytest.mark.parametrize("change, key", UNET_REFUSALS, ids=[k for _, k in UNET_REFUSALS])
 def test_unsupported_unet_configs_are_refused(change, key):
   with pytest.raises(ValueError, match=key) as e:
-    convert_diffusers.unet_model_config({**UNET_CONFIG, **change})
+    diffusers_unet.unet_model_config({**UNET_CONFIG, **change})
   assert "\n" not in str(e.value)
 
 
@@ -148,11 +151,11 @@ def test_omitted_keys_take_diffusers_defaults(key):
   """UNet2DModel's defaults (freq_shift 0, flip True, eps 1e-5, padding 1) are not ours."""
   config = {k: v for k, v in UNET_CONFIG.items() if k != key}
   with pytest.raises(ValueError, match=key):
-    convert_diffusers.unet_model_config(config)
+    diffusers_unet.unet_model_config(config)
 
 
 SCHEDULER_REFUSALS = [
-  ({"prediction_type": "v_prediction"}, "prediction_type"),
+  ({"prediction_type": "flow"}, "prediction_type"),
   ({"clip_sample_range": 2.0}, "clip_sample_range"),
   ({"variance_type": "learned_range"}, "variance_type"),
   ({"beta_schedule": "laplace"}, "beta_schedule"),
@@ -172,31 +175,32 @@ def test_unsupported_scheduler_configs_are_refused(change, key):
   if config["_class_name"] == "DDIMScheduler":
     del config["variance_type"]
   with pytest.raises(ValueError, match=key):
-    convert_diffusers.scheduler_config(config)
+    diffusers_unet.scheduler_config(config)
 
 
 def test_scheduler_mappings():
   def mapped(**change):
-    return convert_diffusers.scheduler_config({**SCHEDULER_CONFIG, **change})
+    return diffusers_unet.scheduler_config({**SCHEDULER_CONFIG, **change})
 
   assert mapped(beta_schedule="scaled_linear")["diffusion"]["schedule"] == "quad"
   assert mapped(beta_schedule="squaredcos_cap_v2")["diffusion"]["schedule"] == "cosine"
+  predictions = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+  for theirs, ours in predictions.items():
+    assert mapped(prediction_type=theirs)["model"] == {"prediction": ours}
   assert mapped(variance_type="fixed_large", clip_sample=False)["sampling"] == {
     "variance": "fixedlarge",
     "clip_x0": False,
   }
   # DDIMScheduler has no variance: the base config's stays.
   ddim = {k: v for k, v in SCHEDULER_CONFIG.items() if k != "variance_type"}
-  assert convert_diffusers.scheduler_config({**ddim, "_class_name": "DDIMScheduler"})[
-    "sampling"
-  ] == {"clip_x0": True}
+  assert diffusers_unet.scheduler_config({**ddim, "_class_name": "DDIMScheduler"})["sampling"] == {
+    "clip_x0": True
+  }
 
 
 def test_keys_of_early_diffusers_releases_are_read():
   early = {**SCHEDULER_CONFIG, "tensor_format": "pt", "predict_epsilon": True}
-  assert convert_diffusers.scheduler_config(early) == convert_diffusers.scheduler_config(
-    SCHEDULER_CONFIG
-  )
+  assert diffusers_unet.scheduler_config(early) == diffusers_unet.scheduler_config(SCHEDULER_CONFIG)
 
 
 def _state_dict():
@@ -208,28 +212,28 @@ def test_bad_tensors_are_refused(converted):
   missing = _state_dict()
   del missing["mid_block.attentions.0.to_k.bias"]
   with pytest.raises(ValueError, match=r"no tensor mid_block\.attentions\.0\.to_k\.bias"):
-    convert_diffusers.convert_params(missing, config)
+    diffusers_unet.convert_params(missing, config)
 
   extra = _state_dict()
   extra["down_blocks.0.resnets.2.conv1.weight"] = np.zeros((4, 4, 3, 3), np.float32)
   with pytest.raises(ValueError, match=r"1 tensors .* down_blocks\.0\.resnets\.2\.conv1\.weight"):
-    convert_diffusers.convert_params(extra, config)
+    diffusers_unet.convert_params(extra, config)
 
   reshaped = _state_dict()
   reshaped["up_blocks.1.attentions.0.to_q.weight"] = np.zeros((8, 4), np.float32)
   with pytest.raises(ValueError, match=r"to_q\.weight has shape \(8, 4\).*implies \(8, 8\)"):
-    convert_diffusers.convert_params(reshaped, config)
+    diffusers_unet.convert_params(reshaped, config)
 
   ints = _state_dict()
   ints["conv_out.bias"] = np.zeros(3, np.int64)
   with pytest.raises(ValueError, match="conv_out.bias has dtype int64"):
-    convert_diffusers.convert_params(ints, config)
+    diffusers_unet.convert_params(ints, config)
 
   # The same weights against another architecture: the first differing tensor is named.
   other = copy.deepcopy(config)
   other.model.ch_mult = (1, 2, 4)
   with pytest.raises(ValueError, match=r"down_blocks\.2\.resnets\.0\.conv1\.bias has shape \(8,\)"):
-    convert_diffusers.convert_params(_state_dict(), other)
+    diffusers_unet.convert_params(_state_dict(), other)
 
 
 def test_folders_without_weights_or_scheduler_are_refused(tmp_path):
@@ -237,19 +241,19 @@ def test_folders_without_weights_or_scheduler_are_refused(tmp_path):
   shutil.copytree(MODEL_DIR, folder)
   os.remove(folder / "scheduler_config.json")
   with pytest.raises(ValueError, match="no scheduler_config.json"):
-    convert_diffusers.find_files(str(folder))
-  for name in convert_diffusers.WEIGHT_FILES:
+    diffusers_unet.find_files(str(folder))
+  for name in diffusers_unet.WEIGHT_FILES:
     os.remove(folder / name)
   with pytest.raises(ValueError, match="has no weights"):
-    convert_diffusers.find_files(str(folder))
+    diffusers_unet.find_files(str(folder))
   with pytest.raises(ValueError, match="no config.json"):
-    convert_diffusers.find_files(str(tmp_path))
+    diffusers_unet.find_files(str(tmp_path))
 
 
 def test_workdir_loads_like_a_trained_run(converted, tmp_path):
   config, params, eps = converted
   workdir = str(tmp_path / "run")
-  convert_diffusers.convert_to_workdir(MODEL_DIR, workdir)
+  imported_run.write_run(workdir, config, params)
   run = run_loading.load_run(workdir)
   assert run.step == 0 and run.config.to_dict() == config.to_dict()
   ema = jax.device_get(run.params)  # host arrays: the jitted eps is compiled for these already
@@ -259,11 +263,12 @@ def test_workdir_loads_like_a_trained_run(converted, tmp_path):
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, raw, ema)))
 
   with pytest.raises(ValueError, match="already holds a run"):
-    convert_diffusers.convert_to_workdir(MODEL_DIR, workdir)
+    imported_run.write_run(workdir, config, params)
   base = cifar10.get_config()
   base.sampling.batch_size = 5
-  convert_diffusers.convert_to_workdir(MODEL_DIR, workdir, base_config=base, overwrite=True)
-  assert checkpoints.load_config(workdir).sampling.batch_size == 5
+  config, params = diffusers_unet.load_diffusers_unet(MODEL_DIR, base_config=base)
+  imported_run.write_run(workdir, config, params, overwrite=True)
+  assert run_config.load_config(workdir).sampling.batch_size == 5
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
 
 
@@ -290,5 +295,5 @@ def test_live_against_diffusers_with_another_init(converted, tmp_path):
   with torch.no_grad():
     expected = fixtures.nhwc(model(fixtures.nchw(IO["x"]), torch.from_numpy(IO["t_frac"])).sample)
   state_dict = weight_files.read_weights(tmp_path / "diffusion_pytorch_model.safetensors")
-  params = convert_diffusers.convert_params(state_dict, config)
+  params = diffusers_unet.convert_params(state_dict, config)
   assert _max_abs_diff(eps(params, IO["x"], jnp.asarray(IO["t_frac"])), expected) < 1e-5

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import default
+from diffusion_jax.configs import default
 from diffusion_jax.data import create_dataset, gaussian_mixture_params
 
 

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import ddim, oracles, respacing, sampling, schedules
-from tests.test_sampling import predicted_output_law
+from diffusion_jax import oracles, samplers, schedules
+from diffusion_jax.samplers import chain, timesteps
+from tests.test_ancestral import ancestral, predicted_output_law
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", T)
@@ -43,16 +44,38 @@ MIX16 = _mixture([0.2, 0.3, 0.5], 1.5 * _unit_rows(3, 16, seed=0), [0.2, 0.3, 0.
 MIXES = dict(gauss=GAUSS, d2=MIX2, d16=MIX16)
 EPS = {name: oracles.eps_fn_for(mix, SCHED) for name, mix in MIXES.items()}
 
+
+def ddim_sample(
+  eps_fn, sched, shape, key, *, timesteps, eta=0.0, clip_x0=True, x_T=None, trajectory_every=0
+):
+  """DDIM on a subsequence: x0, or (x0, trajectory) when one is recorded."""
+  spec = samplers.SamplerSpec("ddim", timesteps=timesteps, eta=eta, clip_x0=clip_x0)
+  result = samplers.sample(
+    eps_fn, sched, shape, key, spec, x_T=x_T, trajectory_every=trajectory_every
+  )
+  return (result.x, result.trajectory) if trajectory_every else result.x
+
+
+def respaced_ancestral(eps_fn, sched, shape, key, *, timesteps, variance, clip_x0):
+  spec = samplers.SamplerSpec("ancestral", timesteps=timesteps, variance=variance, clip_x0=clip_x0)
+  return samplers.sample(eps_fn, sched, shape, key, spec).x
+
+
 # Compiled once per (eps_fn, shape, static options), with the schedule a traced argument.
 jit_ddim = jax.jit(
-  ddim.ddim_sample,
+  ddim_sample,
   static_argnums=(0, 2),
-  static_argnames=("timesteps", "eta", "clip_x0", "sharding"),
+  static_argnames=("timesteps", "eta", "clip_x0", "trajectory_every"),
 )
 jit_sample = jax.jit(
-  sampling.sample,
+  ancestral,
   static_argnums=(0, 2),
-  static_argnames=("variance", "clip_x0", "trajectory_every", "sharding"),
+  static_argnames=("variance", "clip_x0", "trajectory_every"),
+)
+jit_respaced = jax.jit(
+  respaced_ancestral,
+  static_argnums=(0, 2),
+  static_argnames=("timesteps", "variance", "clip_x0"),
 )
 
 
@@ -169,13 +192,14 @@ def test_eta_one_on_the_full_chain_has_the_ancestral_law():
 
 def test_eta_one_on_a_subsequence_is_ancestral_on_the_respaced_chain():
   """50 uniform steps, x0 clipped (active: the second coordinate has mean -1): DDIM eta = 1 is
-  `sample` with `fixedsmall` on respace(sched, tau) and respaced_eps_fn, path by path for the same
-  key."""
-  taus = respacing.timestep_subsequence(T, 50)
-  resched, _ = respacing.respace(SCHED, taus)
+  ancestral sampling with `fixedsmall` on the respaced chain, path by path for the same key."""
+  taus = timesteps.timestep_subsequence(T, 50)
   key, shape = jax.random.key(7), (1024, 2)
-  eps_S = respacing.respaced_eps_fn(EPS["gauss"], taus)
-  want = np.asarray(jit_sample(eps_S, resched, shape, key, variance="fixedsmall", clip_x0=True))
+  want = np.asarray(
+    jit_respaced(
+      EPS["gauss"], SCHED, shape, key, timesteps=taus, variance="fixedsmall", clip_x0=True
+    )
+  )
   got = jit_ddim(EPS["gauss"], SCHED, shape, key, timesteps=taus, eta=1.0, clip_x0=True)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
   assert np.mean(want[:, 1] == -1.0) > 0.1
@@ -184,14 +208,14 @@ def test_eta_one_on_a_subsequence_is_ancestral_on_the_respaced_chain():
 def test_trajectory_keeps_x_T_and_every_kth_step():
   """As in `sample`: x_T, then the state after each step whose index i - 1 is a multiple of k, the
   last being x0; recording changes no sample."""
-  taus = respacing.timestep_subsequence(T, 10)
+  taus = timesteps.timestep_subsequence(T, 10)
   key, shape = jax.random.key(13), (64, 2)
-  run = functools.partial(ddim.ddim_sample, EPS["d2"], SCHED, shape, key, timesteps=taus, eta=0.5)
+  run = functools.partial(ddim_sample, EPS["d2"], SCHED, shape, key, timesteps=taus, eta=0.5)
   x0 = np.asarray(run())
   x0_1, every1 = run(trajectory_every=1)
   x0_3, every3 = run(trajectory_every=3)
   assert every1.shape == (11, *shape)
-  assert every3.shape == (sampling.num_trajectory_frames(10, 3), *shape)
+  assert every3.shape == (chain.num_trajectory_frames(10, 3), *shape)
   np.testing.assert_array_equal(every1[0], jax.random.normal(jax.random.split(key)[0], shape))
   for x in (x0_1, x0_3, every1[-1]):
     np.testing.assert_array_equal(x, x0)
@@ -201,7 +225,7 @@ def test_trajectory_keeps_x_T_and_every_kth_step():
 
 # --- determinism ----------------------------------------------------------------------------------
 
-QUAD50 = respacing.timestep_subsequence(T, 50, "quad")
+QUAD50 = timesteps.timestep_subsequence(T, 50, "quad")
 
 
 def test_eta_zero_is_a_deterministic_map_of_x_T():
@@ -230,7 +254,7 @@ def test_eta_above_zero_adds_noise_from_the_key():
 def test_bad_eta_is_rejected():
   for eta in (-0.1, 1.5):
     with pytest.raises(ValueError, match="eta"):
-      ddim.ddim_sample(EPS["d2"], SCHED, (4, 2), jax.random.key(0), timesteps=QUAD50, eta=eta)
+      ddim_sample(EPS["d2"], SCHED, (4, 2), jax.random.key(0), timesteps=QUAD50, eta=eta)
 
 
 # --- mixture quality ------------------------------------------------------------------------------
@@ -248,7 +272,7 @@ def test_ddim_reproduces_the_mixture(name, eta, steps, std_tol):
   1, 100 steps: stds -3.5% to -4.5% (beta-tilde omits the Var[x0 | x_t] term, more so for long
   steps), means <= 0.03 std_k. With uniform spacing the std biases are twice as large or more."""
   dim = MIXES[name].dim
-  taus = respacing.timestep_subsequence(T, steps, "quad")
+  taus = timesteps.timestep_subsequence(T, steps, "quad")
   x = jit_ddim(
     EPS[name], SCHED, (N, dim), jax.random.key(8), timesteps=taus, eta=eta, clip_x0=False
   )

@@ -14,15 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import (
-  convert_diffusers,
-  ddim,
-  models,
-  respacing,
-  samplers,
-  sampling,
-  schedules,
-)
+from diffusion_jax import models, samplers, schedules
+from diffusion_jax.pretrained import diffusers_unet
+from diffusion_jax.samplers import timesteps
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "diffusers_tiny")
 SEED = 0
@@ -42,7 +36,7 @@ TOLERANCE = 2e-4
 def eps_fn():
   """The converted U-Net, compiled once: the samplers call it on the host, so each sampler
   compiles around a callback instead of recompiling the U-Net."""
-  config, params = convert_diffusers.load_diffusers_unet(os.path.join(FIXTURES, "model"))
+  config, params = diffusers_unet.load_diffusers_unet(os.path.join(FIXTURES, "model"))
   model = models.create_model(config)
   apply = jax.jit(lambda x, t: model.apply({"params": params}, x, t))
   return lambda x, t: jax.pure_callback(apply, jax.ShapeDtypeStruct(x.shape, x.dtype), x, t)
@@ -50,13 +44,13 @@ def eps_fn():
 
 def _setup(run):
   """Our schedule, sampling options and timestep subsequence for a run's diffusers scheduler."""
-  mapped = convert_diffusers.scheduler_config(run["scheduler"])
+  mapped = diffusers_unet.scheduler_config(run["scheduler"])
   d = mapped["diffusion"]
   betas = schedules.get_beta_schedule(
     d["schedule"], d["num_timesteps"], d["beta_start"], d["beta_end"]
   )
   spacing = run["scheduler"].get("timestep_spacing", "leading")
-  taus = respacing.timestep_subsequence(d["num_timesteps"], run["steps"], spacing)
+  taus = timesteps.timestep_subsequence(d["num_timesteps"], run["steps"], spacing)
   assert taus == tuple(reversed(run["timesteps"]))  # diffusers lists them from the noisiest
   return schedules.make_schedule(betas), mapped["sampling"], taus, spacing
 
@@ -89,15 +83,9 @@ def test_ancestral_steps_like_ddpm_scheduler(eps_fn, name):
   its chain on a subsequence is our respaced one, whose beta'_i = 1 - abar_{tau_i} /
   abar_{tau_{i-1}} is its current_beta_t."""
   sched, opts, taus, _ = _setup(RUNS[name])
-  key = jax.random.key(SEED)
-  kwargs = dict(variance=opts["variance"], clip_x0=opts["clip_x0"], trajectory_every=1)
-  if len(taus) == sched.num_timesteps:
-    _, frames = sampling.sample(eps_fn, sched, SHAPE, key, **kwargs)
-  else:
-    respaced, _ = respacing.respace(sched, taus)
-    respaced_eps = respacing.respaced_eps_fn(eps_fn, taus)
-    _, frames = sampling.sample(respaced_eps, respaced, SHAPE, key, **kwargs)
-  _assert_same_trajectory(frames, name)
+  spec = samplers.SamplerSpec("ancestral", timesteps=taus, **opts)
+  frames = samplers.sample(eps_fn, sched, SHAPE, jax.random.key(SEED), spec, trajectory_every=1)
+  _assert_same_trajectory(frames.trajectory, name)
 
 
 @pytest.mark.parametrize("name", [n for n in RUNS if n.startswith("ddim")])
@@ -105,17 +93,9 @@ def test_ddim_steps_like_ddim_scheduler(eps_fn, name):
   """DDIMScheduler, S = 10 of T = 1000, eta 0, 0.5 and 1, clipping on and off."""
   run = RUNS[name]
   sched, opts, taus, _ = _setup(run)
-  _, frames = ddim.ddim_sample(
-    eps_fn,
-    sched,
-    SHAPE,
-    jax.random.key(SEED),
-    timesteps=taus,
-    eta=run["eta"],
-    clip_x0=opts["clip_x0"],
-    trajectory_every=1,
-  )
-  _assert_same_trajectory(frames, name)
+  spec = samplers.SamplerSpec("ddim", timesteps=taus, eta=run["eta"], clip_x0=opts["clip_x0"])
+  frames = samplers.sample(eps_fn, sched, SHAPE, jax.random.key(SEED), spec, trajectory_every=1)
+  _assert_same_trajectory(frames.trajectory, name)
 
 
 @pytest.mark.parametrize(
@@ -123,14 +103,14 @@ def test_ddim_steps_like_ddim_scheduler(eps_fn, name):
   [("ddpm_leading10_fixed_large", "ancestral"), ("ddim_leading10_eta0.5_clip", "ddim")],
 )
 def test_sampler_specs_with_diffusers_spacing(eps_fn, name, sampler):
-  """samplers.run with spacing="leading" (what sample.py --spacing=leading builds) ends where
+  """samplers.sample with spacing="leading" (what sample.py --spacing=leading builds) ends where
   diffusers does."""
   run = RUNS[name]
   sched, opts, taus, spacing = _setup(run)
   spec = samplers.SamplerSpec(
     name=sampler, steps=len(taus), spacing=spacing, eta=run.get("eta", 0.0), **opts
   )
-  x0, nfe = samplers.run(spec, eps_fn, sched, SHAPE, jax.random.key(SEED))
+  x0, nfe, _ = samplers.sample(eps_fn, sched, SHAPE, jax.random.key(SEED), spec)
   assert int(nfe) == len(taus)
   expected = TRAJECTORIES[name][-1]
   assert np.abs(np.asarray(x0) - expected).max() <= TOLERANCE * max(1.0, np.abs(expected).max())
@@ -151,7 +131,7 @@ SCHEDULES = dict(np.load(os.path.join(FIXTURES, "schedules.npz")))
 def test_beta_schedules_match_diffusers(name, beta_start, beta_end):
   """Ours are float64 and diffusers' float32; they agree to float32 precision (alphas_cumprod
   carries diffusers' float32 cumprod error, about 1e-6 relative over 1000 steps)."""
-  mapped = convert_diffusers.scheduler_config(
+  mapped = diffusers_unet.scheduler_config(
     {"beta_schedule": name, "beta_start": beta_start, "beta_end": beta_end}
   )["diffusion"]
   betas = schedules.get_beta_schedule(mapped["schedule"], 1000, beta_start, beta_end)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import diffusion, schedules
+from diffusion_jax import diffusion, losses, parametrization, schedules
 
 T = 1000
 U32 = 2.0**-24  # float32 unit round-off
@@ -73,6 +73,12 @@ def sched():
 @pytest.fixture(scope="module")
 def ref():
   return _reference(np.linspace(1e-4, 0.02, T))
+
+
+def _x0_of(sched, eps, x_t, t, clip=False):
+  """x0 as a network predicting `eps` at (x_t, t) gives it, clipped to [-1, 1] on request."""
+  denoised = parametrization.Denoiser(lambda x, t: jnp.asarray(eps))(sched, jnp.asarray(x_t), t)
+  return (denoised.clip_x0() if clip else denoised).x0
 
 
 def _t(batch):
@@ -261,8 +267,9 @@ def test_p_mean_without_clipping_is_eq11(sched, ref, kind, variance):
   shape = SHAPES[kind]
   t = _t(shape[0])
   x_t, eps = _normal(10, shape), _normal(11, shape)
-  mean, var, log_var, x0_pred = diffusion.p_mean_variance(
-    sched, jnp.asarray(eps), jnp.asarray(x_t), t, variance=variance, clip_x0=False
+  x0_pred = _x0_of(sched, eps, x_t, t)
+  mean, var, log_var = diffusion.p_mean_variance(
+    sched, x0_pred, jnp.asarray(x_t), t, variance=variance
   )
   assert mean.shape == x0_pred.shape == shape
   assert var.shape == log_var.shape == (shape[0],) + (1,) * (len(shape) - 1)
@@ -284,9 +291,8 @@ def test_p_mean_with_clipping_uses_the_clipped_x0(sched, ref, kind):
   x0 = _normal(12, shape, scale=3.0)  # most predictions fall outside [-1, 1]
   eps = _normal(13, shape)
   x_t = diffusion.q_sample(sched, jnp.asarray(x0), t, jnp.asarray(eps))
-  mean, _, _, x0_pred = diffusion.p_mean_variance(
-    sched, jnp.asarray(eps), x_t, t, variance="fixedsmall", clip_x0=True
-  )
+  x0_pred = _x0_of(sched, eps, x_t, t, clip=True)
+  mean, _, _ = diffusion.p_mean_variance(sched, x0_pred, x_t, t, variance="fixedsmall")
   x_t = np.asarray(x_t)
   abar = _bcast(ref["abar"][np.asarray(t)], x_t)
   unclipped = (x_t.astype(np.float64) - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
@@ -297,7 +303,7 @@ def test_p_mean_with_clipping_uses_the_clipped_x0(sched, ref, kind):
   np.testing.assert_allclose(mean, want_mean, rtol=0, atol=1e-5)
   # And clipping matters: the unclipped mean differs wherever x0 was clipped at t index 0.
   unclipped_mean, *_ = diffusion.p_mean_variance(
-    sched, jnp.asarray(eps), jnp.asarray(x_t), t, variance="fixedsmall", clip_x0=False
+    sched, _x0_of(sched, eps, x_t, t), jnp.asarray(x_t), t, variance="fixedsmall"
   )
   assert not np.allclose(unclipped_mean, mean)
 
@@ -329,7 +335,7 @@ def test_p_variance_broadcasts_per_example(sched, ref, kind, variance):
   shape = SHAPES[kind]
   t = _t(shape[0])
   x = jnp.asarray(_normal(14, shape))
-  mean, var, log_var, _ = diffusion.p_mean_variance(sched, x, x, t, variance=variance)
+  mean, var, log_var = diffusion.p_mean_variance(sched, x, x, t, variance=variance)
   table, log_table = diffusion.reverse_variance(sched, variance)
   np.testing.assert_array_equal(np.asarray(var).ravel(), np.asarray(table)[np.asarray(t)])
   np.testing.assert_array_equal(np.asarray(log_var).ravel(), np.asarray(log_table)[np.asarray(t)])
@@ -361,31 +367,46 @@ def test_unknown_variance_raises(sched):
 
 
 def test_p_mean_variance_under_jit(sched):
-  x, eps = jnp.asarray(_normal(15, (4, 3))), jnp.asarray(_normal(16, (4, 3)))
+  x, x0 = jnp.asarray(_normal(15, (4, 3))), jnp.asarray(_normal(16, (4, 3)))
   t = jnp.array([0, 3, 500, 999], jnp.int32)
-  f = jax.jit(lambda s, e, x, t: diffusion.p_mean_variance(s, e, x, t, clip_x0=True))
-  for got, want in zip(
-    f(sched, eps, x, t), diffusion.p_mean_variance(sched, eps, x, t, clip_x0=True), strict=True
-  ):
+  f = jax.jit(lambda s, x0, x, t: diffusion.p_mean_variance(s, x0, x, t))
+  for got, want in zip(f(sched, x0, x, t), diffusion.p_mean_variance(sched, x0, x, t), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_learned_variance_interpolates_the_logs_of_beta_and_beta_tilde(sched, ref):
+  """Nichol & Dhariwal eq. 15: log sigma^2 = f log beta_t + (1 - f) log beta-tilde_t (clipped)."""
+  t = _t(4)
+  x = jnp.asarray(_normal(19, (4, 3)))
+  fraction = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 3)), jnp.float32)
+  _, var, log_var = diffusion.p_mean_variance(
+    sched, x, x, t, variance="learned", variance_fraction=fraction
+  )
+  _, _, log_small = diffusion.p_mean_variance(sched, x, x, t, variance="fixedsmall")
+  log_beta = np.log(ref["beta"][np.asarray(t)])[:, None]
+  want = np.asarray(fraction) * log_beta + (1 - np.asarray(fraction)) * np.asarray(log_small)
+  np.testing.assert_allclose(log_var, want, rtol=1e-5)
+  np.testing.assert_allclose(var, np.exp(want), rtol=1e-5)
+  with pytest.raises(ValueError, match="learned"):
+    diffusion.p_mean_variance(sched, x, x, t, variance="learned")
 
 
 # --- loss -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", SHAPES)
-def test_l_simple_is_the_per_example_mean_squared_error(kind):
+def test_mean_squared_error_is_per_example_l_simple(kind):
   shape = SHAPES[kind]
   eps, pred = _normal(17, shape), _normal(18, shape)
-  got = diffusion.l_simple(jnp.asarray(eps), jnp.asarray(pred))
+  got = losses.mean_squared_error(jnp.asarray(eps), jnp.asarray(pred))
   assert got.shape == (shape[0],) and got.dtype == jnp.float32
   diff = eps.astype(np.float64) - pred.astype(np.float64)
   want = [np.sum(diff[i] ** 2) / diff[i].size for i in range(shape[0])]
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  np.testing.assert_array_equal(diffusion.l_simple(jnp.asarray(eps), jnp.asarray(eps)), 0.0)
+  np.testing.assert_array_equal(losses.mean_squared_error(jnp.asarray(eps), jnp.asarray(eps)), 0.0)
   # Each example's loss depends on that example only.
   pred2 = pred.copy()
   pred2[0] += 1.0
-  got2 = np.asarray(diffusion.l_simple(jnp.asarray(eps), jnp.asarray(pred2)))
+  got2 = np.asarray(losses.mean_squared_error(jnp.asarray(eps), jnp.asarray(pred2)))
   np.testing.assert_array_equal(got2[1:], np.asarray(got)[1:])
   assert got2[0] != got[0]

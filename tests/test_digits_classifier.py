@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_jax import digits_classifier, feature_nets, sample_metrics
+from diffusion_jax.metrics import digits_classifier, feature_nets, scores
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_cache_round_trip_gives_identical_outputs(params, cache_dir, monkeypatch
 
 def test_cache_of_another_version_is_retrained(params, tmp_path, monkeypatch):
   path = digits_classifier.cache_path(str(tmp_path))
-  sample_metrics.write_npz_atomically(
+  scores.write_npz_atomically(
     path, {"Dense_0/kernel": np.zeros((64, 32)), "version": np.array(0)}, overwrite=False
   )
   calls = []
@@ -83,8 +83,8 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 
 
 def _fid(features1, features2):
-  return sample_metrics.frechet_distance(
-    *sample_metrics.feature_statistics(features1), *sample_metrics.feature_statistics(features2)
+  return scores.frechet_distance(
+    *scores.feature_statistics(features1), *scores.feature_statistics(features2)
   )
 
 
@@ -103,11 +103,11 @@ def test_fid_of_real_digits_is_small_next_to_noise_and_blank_images(digits_outpu
 
 def test_inception_score_of_real_digits_is_near_ten(digits_outputs):
   logits = np.concatenate([digits_outputs["train"][1], digits_outputs["test"][1]])
-  score, std = sample_metrics.inception_score(logits, num_splits=10)
+  score, std = scores.inception_score(logits, num_splits=10)
   print(f"digits IS of all 1797 real digits: {score:.3f} +- {std:.3f}")
   assert score > 9.0
   logits, labels = digits_outputs["train"][1:]
-  threes, _ = sample_metrics.inception_score(logits[labels == 3], num_splits=10)
+  threes, _ = scores.inception_score(logits[labels == 3], num_splits=10)
   assert threes < 1.5
 
 

@@ -12,19 +12,22 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import dpm_solver, respacing
+from diffusion_jax import samplers
+from diffusion_jax.samplers import timesteps as timestep_grids
 from tests.test_ddim import EPS, MIXES, SCHED, N, T, assert_reproduces_mixture, jit_ddim
 
-jit_dpm = jax.jit(
-  dpm_solver.dpm_solver_sample,
-  static_argnums=(0, 2),
-  static_argnames=("timesteps", "clip_x0", "sharding"),
-)
+
+def dpm_sample(eps_fn, sched, shape, key, *, timesteps, clip_x0, x_T=None):
+  spec = samplers.SamplerSpec("dpm_solver++", timesteps=timesteps, clip_x0=clip_x0)
+  return samplers.sample(eps_fn, sched, shape, key, spec, x_T=x_T).x
+
+
+jit_dpm = jax.jit(dpm_sample, static_argnums=(0, 2), static_argnames=("timesteps", "clip_x0"))
 KEY = jax.random.key(8)
 
 
 def _quad(steps):
-  return respacing.timestep_subsequence(T, steps, "quad")
+  return timestep_grids.timestep_subsequence(T, steps, "quad")
 
 
 @functools.cache

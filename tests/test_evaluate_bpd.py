@@ -8,7 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoints, models, run_loading, train_lib, train_loop
+from diffusion_jax import models
+from diffusion_jax.evaluation import run_loading
+from diffusion_jax.training import checkpoints, run_config
+from diffusion_jax.training import loop as train_loop
+from diffusion_jax.training import state as train_state
 from tests import tiny_configs
 from tests.scripts import assert_fails_cleanly, run_script
 
@@ -55,11 +59,11 @@ def test_digits_run_gets_an_8_bit_bound(tmp_path):
   model = models.create_model(config)
   shape = run_loading.example_shape_for(config)
   shapes = jax.eval_shape(
-    lambda k: train_lib.create_train_state(config, model, shape, k), jax.random.key(0)
+    lambda k: train_state.create_train_state(config, model, shape, k), jax.random.key(0)
   )
   rng = np.random.default_rng(0)
   state = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
-  checkpoints.save_config(workdir, config)
+  run_config.save_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir)
   ckpt.save(0, state, wait=True)
   ckpt.close()

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from diffusion_jax import feature_nets, sample_metrics, train_loop
+from diffusion_jax.metrics import feature_nets, scores
+from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
 from tests.scripts import assert_fails_cleanly, run_script
 
@@ -58,14 +59,14 @@ def test_results_match_a_recomputation_from_the_stored_samples(first_evaluation)
   [ref_file] = [
     os.path.join(root, n) for root, _, names in os.walk(cache) for n in names if "train" in n
   ]
-  ref = sample_metrics.load_stats(ref_file)
+  ref = scores.load_stats(ref_file)
   assert len(ref.features) == 1797  # every builtin digit
-  mu, sigma = sample_metrics.feature_statistics(features)
-  fid = sample_metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+  mu, sigma = scores.feature_statistics(features)
+  fid = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma)
   assert results["fid"] == pytest.approx(fid, rel=1e-9)
-  assert results["is"] == pytest.approx(sample_metrics.inception_score(logits)[0], rel=1e-9)
+  assert results["is"] == pytest.approx(scores.inception_score(logits)[0], rel=1e-9)
   assert results["kid"] == pytest.approx(
-    sample_metrics.kernel_inception_distance(features, ref.features)[0], rel=1e-9
+    scores.kernel_inception_distance(features, ref.features)[0], rel=1e-9
   )
   # A 2-step model draws noise, not digits: far from the data by every measure.
   assert results["fid"] > 50 and results["is"] < 5

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import digits_classifier, feature_nets, sharding
+from diffusion_jax import sharding
+from diffusion_jax.metrics import digits_classifier, feature_nets
 
 
 def _mean_pixel_net() -> feature_nets.FeatureNet:

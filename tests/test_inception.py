@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import inception
+from diffusion_jax.metrics import inception
 from tests.fixtures import make_inception_fixture as ref
 
 # torchvision's Inception3(num_classes=1008, aux_logits=False) with pytorch-fid's FID blocks:

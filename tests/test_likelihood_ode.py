@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import likelihood_ode, oracles, schedules, sde
+from diffusion_jax import continuous_time, oracles, schedules
+from diffusion_jax.likelihood import ode as likelihood_ode
 
 MIX = oracles.GaussianMixture(
   weights=jnp.array([0.2, 0.5, 0.3]),
@@ -28,7 +29,7 @@ def _log_likelihood(mix, sched, x, key, s_min, divergence):
 
 @jax.jit
 def _true_log_prob(mix, sched, x, s):
-  return mix.log_prob_t(x, sde.alpha_bar(sched, s))
+  return mix.log_prob_t(x, continuous_time.alpha_bar(sched, s))
 
 
 def _points() -> jax.Array:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffusion_jax import data, likelihood_vlb, oracles, schedules
+from diffusion_jax import data, oracles, schedules, variational_bound
+from diffusion_jax.likelihood import vlb as likelihood_vlb
 
 LN2 = math.log(2.0)
 GRID = np.linspace(-1.0, 1.0, 256)  # every 8-bit value, scaled to [-1, 1]
@@ -19,16 +20,16 @@ def test_normal_kl_matches_closed_form_and_vanishes_for_equal_gaussians():
   m1, m2, lv1, lv2 = rng.normal(size=(4, 100))
   v1, v2 = np.exp(lv1), np.exp(lv2)
   expected = np.log(np.sqrt(v2 / v1)) + (v1 + (m1 - m2) ** 2) / (2 * v2) - 0.5
-  kl = likelihood_vlb.normal_kl(*(jnp.asarray(a, jnp.float32) for a in (m1, lv1, m2, lv2)))
+  kl = variational_bound.normal_kl(*(jnp.asarray(a, jnp.float32) for a in (m1, lv1, m2, lv2)))
   np.testing.assert_allclose(kl, expected, rtol=1e-5, atol=1e-6)
-  assert np.all(np.asarray(likelihood_vlb.normal_kl(m1, lv1, m1, lv1)) == 0.0)
+  assert np.all(np.asarray(variational_bound.normal_kl(m1, lv1, m1, lv1)) == 0.0)
 
 
 @pytest.mark.parametrize("mean, scale", [(0.3, 0.02), (-0.97, 0.004), (1.4, 0.5), (0.0, 10.0)])
 def test_discretized_probabilities_over_all_256_values_sum_to_one(mean, scale):
   def total(dtype):
     x = jnp.asarray(GRID, dtype)
-    log_p = likelihood_vlb.discretized_gaussian_log_likelihood(
+    log_p = variational_bound.discretized_gaussian_log_likelihood(
       x, jnp.full_like(x, mean), jnp.full_like(x, math.log(scale))
     )
     return float(np.exp(np.asarray(log_p, np.float64)).sum())
@@ -51,7 +52,7 @@ def test_discretized_log_likelihood_matches_scipy_cdf_differences():
   expected = np.where(
     x < -0.999, stats.norm.cdf(hi), np.where(x > 0.999, stats.norm.sf(lo), interior)
   )
-  got = likelihood_vlb.discretized_gaussian_log_likelihood(
+  got = variational_bound.discretized_gaussian_log_likelihood(
     jnp.asarray(x, jnp.float32), jnp.full(x.shape, mean), jnp.full(x.shape, math.log(scale))
   )
   assert np.all(expected > 1e-10)
@@ -59,7 +60,7 @@ def test_discretized_log_likelihood_matches_scipy_cdf_differences():
 
 
 def test_discretized_log_likelihood_floors_hopeless_bins_at_1e12():
-  log_p = likelihood_vlb.discretized_gaussian_log_likelihood(
+  log_p = variational_bound.discretized_gaussian_log_likelihood(
     jnp.array([1.0, -1.0, 0.0]), jnp.array([-1.0, 1.0, 0.9]), jnp.full((3,), math.log(1e-3))
   )
   np.testing.assert_allclose(log_p, math.log(1e-12), rtol=1e-6)
@@ -72,7 +73,9 @@ def test_gaussian_log_likelihood_is_the_normal_density():
     np.array([0.0, -1.0, 1.0]),
   )
   expected = stats.norm.logpdf(x, mean, np.exp(log_scale))
-  np.testing.assert_allclose(likelihood_vlb.gaussian_log_likelihood(x, mean, log_scale), expected)
+  np.testing.assert_allclose(
+    variational_bound.gaussian_log_likelihood(x, mean, log_scale), expected
+  )
 
 
 def test_prior_term_is_tiny_for_the_linear_1000_step_schedule():
@@ -109,7 +112,9 @@ def test_bits_per_dim_by_hand_for_one_step():
       terms.total_bpd, terms.prior_bpd + terms.terms_bpd.sum(axis=1), rtol=1e-6
     )
   # 8 ln 2 nats per dimension is 8 bits per dimension (a uniform 8-bit pixel).
-  assert float(likelihood_vlb.nats_to_bpd(jnp.float32(3072 * 8 * LN2), 3072)) == pytest.approx(8.0)
+  assert float(variational_bound.nats_to_bpd(jnp.float32(3072 * 8 * LN2), 3072)) == pytest.approx(
+    8.0
+  )
 
 
 def _bound_gap(mixture: oracles.GaussianMixture, num_timesteps: int, num_examples: int):
@@ -180,7 +185,7 @@ def test_evaluate_vlb_averages_over_batches_and_counts_network_calls():
   batches = np.asarray(mixture.sample(jax.random.key(0), 12)).reshape(3, 4, 2)
   key = jax.random.key(1)
   summary = likelihood_vlb.evaluate_vlb(
-    lambda params, x, t: eps_fn(x, t),
+    lambda params: eps_fn,
     {},
     sched,
     iter(batches),

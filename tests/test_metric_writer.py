@@ -1,4 +1,4 @@
-"""Tests for diffusion_jax.metrics: metrics.jsonl and TensorBoard event files."""
+"""Tests for diffusion_jax.training.metric_writer: metrics.jsonl and TensorBoard event files."""
 
 import glob
 import io
@@ -13,7 +13,7 @@ from PIL import Image
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from diffusion_jax import metrics
+from diffusion_jax.training import metric_writer
 
 
 def read_events(logdir) -> list[event_pb2.Event]:
@@ -54,7 +54,7 @@ def read_jsonl(logdir) -> list[dict]:
 
 
 def test_scalars_go_to_jsonl_and_event_file(tmp_path):
-  writer = metrics.MetricWriter(str(tmp_path))
+  writer = metric_writer.MetricWriter(str(tmp_path))
   writer.write_scalars(1, {"loss": np.float32(0.5), "lr": jnp.asarray(2e-4)})
   writer.write_scalars(jnp.asarray(2), {"loss": 0.25})
   writer.close()
@@ -74,7 +74,7 @@ def test_scalars_go_to_jsonl_and_event_file(tmp_path):
 
 def test_resume_appends_to_jsonl(tmp_path):
   for step in (1, 2):
-    writer = metrics.MetricWriter(str(tmp_path))
+    writer = metric_writer.MetricWriter(str(tmp_path))
     writer.write_scalars(step, {"loss": float(step)})
     writer.close()
   assert read_jsonl(tmp_path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]
@@ -83,7 +83,7 @@ def test_resume_appends_to_jsonl(tmp_path):
 
 
 def test_images_are_written_as_png_summaries(tmp_path):
-  writer = metrics.MetricWriter(str(tmp_path))
+  writer = metric_writer.MetricWriter(str(tmp_path))
   grid = np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3)
   batch = np.full((4, 5, 5, 1), 255, np.uint8)
   writer.write_images(3, {"samples": grid, "batch": batch})
@@ -98,7 +98,7 @@ def test_images_are_written_as_png_summaries(tmp_path):
 
 
 def test_write_images_rejects_float_images(tmp_path):
-  writer = metrics.MetricWriter(str(tmp_path))
+  writer = metric_writer.MetricWriter(str(tmp_path))
   with pytest.raises(ValueError, match="must be uint8"):
     writer.write_images(0, {"x": np.zeros((4, 4, 3), np.float32)})
   writer.close()
@@ -106,7 +106,7 @@ def test_write_images_rejects_float_images(tmp_path):
 
 def test_disabled_writer_writes_nothing(tmp_path):
   logdir = tmp_path / "logs"
-  writer = metrics.MetricWriter(str(logdir), enabled=False)
+  writer = metric_writer.MetricWriter(str(logdir), enabled=False)
   writer.write_scalars(1, {"loss": 1.0})
   writer.write_images(1, {"x": np.zeros((4, 4, 3), np.uint8)})
   writer.flush()
@@ -115,17 +115,17 @@ def test_disabled_writer_writes_nothing(tmp_path):
 
 
 def test_a_resumed_run_drops_the_rows_logged_after_its_checkpoint(tmp_path):
-  writer = metrics.MetricWriter(str(tmp_path))
+  writer = metric_writer.MetricWriter(str(tmp_path))
   for step in (10, 20, 30, 40):
     writer.write_scalars(step, {"loss": step / 10})
   writer.close()
-  with open(tmp_path / metrics.JSONL_FILENAME, "a") as f:
+  with open(tmp_path / metric_writer.JSONL_FILENAME, "a") as f:
     f.write('{"step": 50, "lo')  # a kill mid-line
-  resumed = metrics.MetricWriter(str(tmp_path), resume_step=20)
+  resumed = metric_writer.MetricWriter(str(tmp_path), resume_step=20)
   for step in (30, 40):
     resumed.write_scalars(step, {"loss": -step / 10})
   resumed.close()
-  with open(tmp_path / metrics.JSONL_FILENAME) as f:
+  with open(tmp_path / metric_writer.JSONL_FILENAME) as f:
     rows = [json.loads(line) for line in f]
   assert [(r["step"], r["loss"]) for r in rows] == [(10, 1.0), (20, 2.0), (30, -3.0), (40, -4.0)]
   # TensorBoard is told to discard the older file's events from step 21 on.

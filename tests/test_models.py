@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cifar10, default, toy2d
+from diffusion_jax.configs import cifar10, default, toy2d
 from diffusion_jax.models import MLP, UNet, create_model
 from diffusion_jax.models.layers import timestep_embedding
 
@@ -265,7 +265,10 @@ def test_create_model_builds_each_kind():
       {"model.attn_resolutions": (16, 5)},
       r"attn_resolutions has 5, .*choose from \[32, 16, 8, 4\]",
     ),
-    ({"model.name": "transformer"}, r"unknown model.name 'transformer'; valid names: mlp, unet"),
+    (
+      {"model.name": "transformer"},
+      r"unknown model.name 'transformer'; valid: mlp, unet or 'package.module:Class'",
+    ),
   ],
 )
 def test_create_model_rejects_bad_config(overrides, message):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from diffusion_jax import oracles, schedules, sde
+from diffusion_jax import continuous_time, oracles, schedules
 
 
 def _random_mixture(k: int, dim: int, seed: int) -> oracles.GaussianMixture:
@@ -141,13 +141,13 @@ def _eps_fn_for_cases(mix, sched, x, t, t_mid):
   equal: the mixture's eps at the discrete alpha-bar_t, and at the continuous alpha-bar(s)."""
   eps_fn = oracles.eps_fn_for(mix, sched)
   flat = x.reshape(x.shape[0], -1)
-  s_mid = sde.time_of(sched, t_mid)
+  s_mid = continuous_time.time_of(sched, t_mid)
   return (
     eps_fn(x, t),
     eps_fn(x, t.astype(jnp.float32)),
     eps_fn(x, t_mid),
     mix.eps(flat, sched.alphas_cumprod[t]).reshape(x.shape),
-    mix.eps(flat, sde.alpha_bar(sched, s_mid)).reshape(x.shape),
+    mix.eps(flat, continuous_time.alpha_bar(sched, s_mid)).reshape(x.shape),
   )
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
-from diffusion_jax import data, feature_nets, reference_stats, sample_metrics
+from diffusion_jax import data
+from diffusion_jax.configs import default
+from diffusion_jax.metrics import feature_nets, reference_stats, scores
 
 
 def _data_config(**overrides):
@@ -123,7 +124,7 @@ def test_cache_is_reused_and_mismatched_metadata_refused(tmp_path):
     config, _mean_pixel_net(), num_examples=5, cache_path=cache_path, overwrite=True
   )
   np.testing.assert_array_equal(redone.features, first.features[:5])
-  assert sample_metrics.load_stats(cache_path).metadata["num_examples"] == 5
+  assert scores.load_stats(cache_path).metadata["num_examples"] == 5
 
 
 def test_stats_from_images_returns_logits_and_counts(tmp_path):

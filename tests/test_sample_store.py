@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from diffusion_jax import sample_store
+from diffusion_jax.evaluation import sample_store
 
 SETTINGS = {"step": 3, "sampler": {"name": "ddim", "steps": 10}, "seed": 0, "batch_size": 4}
 

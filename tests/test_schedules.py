@@ -104,6 +104,7 @@ def reference_schedule(betas) -> dict[str, np.ndarray]:
     return dict(
       betas=np.array(betas),
       alphas_cumprod=abar,
+      log_alphas_cumprod=log_abar,
       alphas_cumprod_prev=abar_prev,
       sqrt_alphas_cumprod=np.exp(0.5 * log_abar),
       sqrt_one_minus_alphas_cumprod=np.sqrt(one_minus_abar),
@@ -208,7 +209,7 @@ def test_nonpositive_num_timesteps_raises(n):
 def test_every_schedule_array_is_float32_T_and_matches_float64(name, n):
   sched = schedules.make_schedule(schedules.get_beta_schedule(name, n))
   ref = reference_schedule(reference_betas(name, n))
-  fields = [f.name for f in dataclasses.fields(sched)]
+  fields = [f.name for f in dataclasses.fields(sched) if f.name != "log_alphas_cumprod_remainder"]
   assert sorted(fields) == sorted(ref)
   assert sched.num_timesteps == n
   for field in fields:
@@ -311,6 +312,18 @@ def test_schedule_from_config(name, n, start, end):
   for field, want in ref.items():
     got = np.asarray(getattr(sched, field))
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=RTOL32, err_msg=field)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_log_abar_split_carries_its_float64_digits(name):
+  """log_alphas_cumprod + remainder is log abar to float64 precision (not float32's)."""
+  sched = schedules.make_schedule(schedules.get_beta_schedule(name, 1000))
+  want = reference_schedule(reference_betas(name, 1000))["log_alphas_cumprod"]
+  hi = np.asarray(sched.log_alphas_cumprod, np.float64)
+  got = hi + np.asarray(sched.log_alphas_cumprod_remainder, np.float64)
+  finite = np.isfinite(want)
+  np.testing.assert_allclose(got[finite], want[finite], rtol=1e-13, atol=1e-15)
+  assert np.max(np.abs(hi[finite] - want[finite])) > 1e-9  # float32 alone is far coarser
 
 
 def test_schedule_from_config_rejects_unknown_name():

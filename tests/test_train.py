@@ -9,7 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import checkpoints, data, models, schedules, sharding, train_lib, train_loop
+from diffusion_jax import data, models, schedules, sharding
+from diffusion_jax.training import checkpoints, run_config
+from diffusion_jax.training import loop as train_loop
+from diffusion_jax.training import state as train_state
+from diffusion_jax.training.step import make_train_step
 from tests import tiny_configs
 
 
@@ -17,7 +21,7 @@ def test_ema_update_matches_numpy():
   rng = np.random.default_rng(0)
   ema = {"a": rng.normal(size=(3, 2)), "b": {"c": rng.normal(size=4)}}
   params = {"a": rng.normal(size=(3, 2)), "b": {"c": rng.normal(size=4)}}
-  out = train_lib.ema_update(ema, params, 0.9)
+  out = train_state.ema_update(ema, params, 0.9)
   np.testing.assert_allclose(out["a"], 0.9 * ema["a"] + 0.1 * params["a"])
   np.testing.assert_allclose(out["b"]["c"], 0.9 * ema["b"]["c"] + 0.1 * params["b"]["c"])
 
@@ -25,7 +29,7 @@ def test_ema_update_matches_numpy():
 def test_learning_rate_warms_up_linearly_then_holds():
   config = tiny_configs.toy()
   config.optim.learning_rate, config.optim.warmup_steps = 2e-4, 100
-  lr = train_lib.learning_rate_schedule(config.optim)
+  lr = train_state.learning_rate_schedule(config.optim)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 25, 100, 1000)], [0, 5e-5, 2e-4, 2e-4])
 
 
@@ -33,7 +37,7 @@ def _state_and_batch(config, mesh):
   model = models.create_model(config)
   ds = data.create_dataset(config.data, config.training.batch_size, config.seed)
   state = jax.jit(
-    lambda k: train_lib.create_train_state(config, model, ds.example_shape, k),
+    lambda k: train_state.create_train_state(config, model, ds.example_shape, k),
     out_shardings=sharding.replicated(mesh),
   )(jax.random.key(0))
   return state, sharding.shard_batch(ds.get_batch(0), mesh)
@@ -51,7 +55,9 @@ def test_ema_tracks_params_inside_train_step():
   mesh = sharding.data_mesh()
   state, x0 = _state_and_batch(config, mesh)
   before = jax.device_get(state.ema_params)
-  step = train_lib.make_train_step(config, schedules.schedule_from_config(config.diffusion), mesh)
+  step = make_train_step(
+    config, models.create_model(config), schedules.schedule_from_config(config.diffusion), mesh
+  )
   state, _ = step(state, x0, jax.random.key(1))
   expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, before, jax.device_get(state.params))
   jax.tree.map(np.testing.assert_allclose, jax.device_get(state.ema_params), expected)
@@ -67,7 +73,9 @@ def test_one_and_four_devices_take_the_same_step(make_config):
   for n in (1, 4):
     mesh = _mesh_of(n)
     state, x0 = _state_and_batch(config, mesh)
-    state, metrics = train_lib.make_train_step(config, sched, mesh)(state, x0, jax.random.key(3))
+    state, metrics = make_train_step(config, models.create_model(config), sched, mesh)(
+      state, x0, jax.random.key(3)
+    )
     results.append((float(metrics["loss"]), jax.device_get(state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
   jax.tree.map(
@@ -134,10 +142,10 @@ def test_sigterm_during_a_preview_still_saves_that_step(tmp_path, monkeypatch):
 
 
 def _restored_params(workdir, step=None):
-  config = checkpoints.load_config(workdir)
+  config = run_config.load_config(workdir)
   model = models.create_model(config)
   shape = data.create_dataset(config.data, 64, config.seed).example_shape
-  abstract = train_lib.abstract_train_state(config, model, shape, sharding.data_mesh())
+  abstract = train_state.abstract_train_state(config, model, shape, sharding.data_mesh())
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     return ckpt.restore(abstract, step)

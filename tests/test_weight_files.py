@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from diffusion_jax import weight_files
+from diffusion_jax.pretrained import weight_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "weight_files")
 

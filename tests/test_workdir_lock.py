@@ -9,13 +9,13 @@ import textwrap
 
 import pytest
 
-from diffusion_jax import workdir_lock
+from diffusion_jax.training import workdir_lock
 from tests.scripts import ROOT
 
 _HOLD_LOCK = textwrap.dedent(
   """
   import sys, time
-  from diffusion_jax import workdir_lock
+  from diffusion_jax.training import workdir_lock
   lock = workdir_lock.WorkdirLock(sys.argv[1], "train.py")
   lock.acquire()
   print("locked", flush=True)

@@ -1,6 +1,6 @@
 """Small versions of the shipped configs, fast enough for a 2-core CPU."""
 
-from configs import digits, toy2d
+from diffusion_jax.configs import digits, toy2d
 
 
 def toy(num_train_steps: int = 40):
