@@ -5,7 +5,7 @@ import importlib
 import ml_collections
 import pytest
 
-from diffusion_jax.training import config_checks
+from diffusion_jax.training import config_checks, run_config
 from tests.test_configs import CONFIGS
 
 
@@ -16,7 +16,7 @@ def test_shipped_configs_pass(name):
 
 def test_every_field_has_a_check():
   config = importlib.import_module("configs.default").get_config()
-  fields = set(config_checks._flatten(config))
+  fields = set(run_config.flatten(config.to_dict()))
   assert fields == set(config_checks.FIELD_CHECKS)
 
 

@@ -50,23 +50,16 @@ def _free_port() -> int:
 def _cli_flags(config, config_file: str) -> list[str]:
   """--config=<file> plus an override for every field where `config` differs from the file's."""
   module = importlib.import_module(config_file.removesuffix(".py").replace("/", "."))
-  flat_base, flat = _flatten(module.get_config().to_dict()), _flatten(config.to_dict())
+  flat_base, flat = (
+    run_config.flatten(module.get_config().to_dict()),
+    run_config.flatten(config.to_dict()),
+  )
   overrides = [
     f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
     for k, v in flat.items()
     if flat_base[k] != v
   ]
   return [f"--config={config_file}", *overrides]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 class TwoProcesses:

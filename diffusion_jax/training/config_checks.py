@@ -15,6 +15,7 @@ from diffusion_jax import losses, parametrization, samplers, schedules
 from diffusion_jax.data import factory
 from diffusion_jax.metrics import feature_nets
 from diffusion_jax.samplers import ancestral, timesteps
+from diffusion_jax.training import run_config
 
 Check = Callable[[Any], str | None]  # returns what is wrong with a value, or None
 
@@ -143,23 +144,13 @@ FIELD_CHECKS: dict[str, Check] = {
 }
 
 
-def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict) and f"{prefix}{key}" != "model.kwargs":
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks that the config has exactly the known fields, each of the right type and range.
 
   Raises:
     ValueError: one line naming the first field that is unknown, missing or wrong.
   """
-  flat = _flatten(config)
+  flat = run_config.flatten(config.to_dict())
   for field in flat:
     if field not in FIELD_CHECKS:
       raise ValueError(f"config field {field} does not exist (see configs/default.py)")

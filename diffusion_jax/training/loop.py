@@ -1,10 +1,12 @@
 """train_and_evaluate: the training loop with checkpoints, metrics, previews and preemption."""
 
+import dataclasses
 import itertools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -158,6 +160,23 @@ def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
+@dataclasses.dataclass
+class _Run:
+  """What every step of a training run works with, besides the state."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  model: nn.Module
+  sched: schedules.Schedule
+  ds: data.Dataset
+  mesh: jax.sharding.Mesh
+  ckpt: checkpoints.Checkpointer
+  writer: metric_writer.MetricWriter
+  quick_eval: Callable | None
+  train_key: jax.Array
+  preview_key: jax.Array
+
+
 def _train(
   config: ml_collections.ConfigDict, workdir: str, model: nn.Module
 ) -> train_state.TrainState:
@@ -182,22 +201,10 @@ def _train(
       run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
     resume_step = start if start else None
     writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
-    batches = itertools.chain([first_batch], batches)
-    return _run_steps(
-      config,
-      model,
-      sched,
-      ds,
-      mesh,
-      state,
-      batches,
-      ckpt,
-      writer,
-      quick_eval,
-      workdir,
-      train_key,
-      preview_key,
+    run = _Run(
+      config, workdir, model, sched, ds, mesh, ckpt, writer, quick_eval, train_key, preview_key
     )
+    return _run_steps(run, state, itertools.chain([first_batch], batches))
   finally:
     ckpt.wait()
     ckpt.close()
@@ -205,25 +212,12 @@ def _train(
       writer.close()
 
 
-def _run_steps(
-  config,
-  model,
-  sched,
-  ds,
-  mesh,
-  state,
-  batches,
-  ckpt,
-  writer,
-  quick_eval,
-  workdir,
-  train_key,
-  preview_key,
-):
+def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state.TrainState:
   """The loop from the state's step to training.num_train_steps, with logging, previews,
   evaluations, checkpoints and stopping on request."""
+  config, ckpt, writer = run.config, run.ckpt, run.writer
   training = config.training
-  train_step = make_train_step(config, model, sched, mesh)
+  train_step = make_train_step(config, run.model, run.sched, run.mesh)
   start = int(state.step)
   num_steps = training.num_train_steps
   stop_request = _StopRequest()
@@ -235,16 +229,16 @@ def _run_steps(
   bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
   try:
     for step in range(start + 1, num_steps + 1):
-      x0 = sharding.shard_batch(next(batches), mesh)
-      state, step_metrics = train_step(state, x0, train_key)
+      x0 = sharding.shard_batch(next(batches), run.mesh)
+      state, step_metrics = train_step(state, x0, run.train_key)
       pending.append(step_metrics)
       if throttle and len(pending) > 1:
         jax.block_until_ready(pending[-2])
       bar.update(1)
       if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
-        _write_preview(config, model, sched, state, ds, mesh, preview_key, workdir, writer, step)
-      if quick_eval and step % config.eval.every_steps == 0:
-        writer.write_scalars(step, quick_eval(state.ema_params))
+        _write_preview(run, state, step)
+      if run.quick_eval and step % config.eval.every_steps == 0:
+        writer.write_scalars(step, run.quick_eval(state.ema_params))
       # Decided once, after all of this step's work, so a stop request at any point is saved.
       stop = stop_request.reached(step)
       save = step % training.checkpoint_every == 0 or step == num_steps or stop
@@ -307,27 +301,28 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
   return quick_eval
 
 
-def _write_preview(config, model, sched, state, ds, mesh, key, workdir, writer, step):
+def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
   """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
+  config = run.config
   samples, _ = generation.generate(
-    model,
+    run.model,
     models.parametrization_of(config.model),
     state.ema_params,
-    sched,
-    ds.example_shape,
+    run.sched,
+    run.ds.example_shape,
     config.training.num_sample_images,
     config.sampling.batch_size,
-    key,
-    mesh,
+    run.preview_key,
+    run.mesh,
     samplers.spec_from_config(config.sampling),
     progress=False,
   )
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "previews", f"step_{step:07d}.png")
+  path = os.path.join(run.workdir, "previews", f"step_{step:07d}.png")
   reference = None
-  if not ds.is_image:  # over the first points of all the data, not of this process's share
+  if not run.ds.is_image:  # over the first points of all the data, not of this process's share
     whole = data.create_dataset(config.data, 1, config.seed, process_index=0, process_count=1)
     reference = whole.data_samples(min(2000, whole.num_examples))
   picture = images.save_preview(path, samples, reference)
-  writer.write_images(step, {"samples": picture})
+  run.writer.write_images(step, {"samples": picture})

@@ -32,7 +32,7 @@ def save_config(
   if os.path.exists(path):
     # Fields either side lacks (recorded before they existed) count as their defaults.
     old = _with_defaults(_read_config_json(path))
-    changed = _changed_keys(_flatten(old), _flatten(_with_defaults(new)))
+    changed = _changed_keys(flatten(old), flatten(_with_defaults(new)))
     if not changed:
       return
     frozen = [k for k in changed if k.split(".")[0] not in mutable]
@@ -115,12 +115,16 @@ def _lists_to_tuples(value: Any) -> Any:
   return value
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Flattens nested dicts to dotted keys ('model.ch')."""
+# Fields whose values are dicts of their own, not groups of fields (a custom network's arguments).
+OPAQUE_FIELDS = ("model.kwargs",)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Flattens a config's nested dicts to dotted keys ('model.ch'), `OPAQUE_FIELDS` left whole."""
   flat = {}
   for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+    if isinstance(value, dict) and f"{prefix}{key}" not in OPAQUE_FIELDS:
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
