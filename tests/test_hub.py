@@ -7,10 +7,14 @@ import shutil
 import types
 
 import huggingface_hub
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_jax.pretrained import hub
-from tests.scripts import ROOT
+from diffusion_jax.pretrained import diffusers_unet, hub
+from diffusion_jax.training import run_config
+from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "diffusers_tiny")
 MODEL_DIR = os.path.join(FIXTURES, "model")
@@ -147,3 +151,49 @@ def test_online_errors(monkeypatch, tmp_path):
   monkeypatch.setattr(hub.huggingface_hub, "snapshot_download", broken_download)
   with pytest.raises(ValueError, match=f"downloading config.json, .* of {REPO} failed: Timeout"):
     hub.model_folder(REPO)
+
+
+def _offline_env(cache):
+  # huggingface_hub reads these when it is imported, which the subprocess does after they are set.
+  return {"HF_HUB_CACHE": cache, "HF_HOME": cache, "HF_HUB_OFFLINE": "1"}
+
+
+def test_cli_converts_from_the_cache_as_from_the_folder(tmp_path):
+  cache, workdir = str(tmp_path / "cache"), str(tmp_path / "run")
+  _cache(cache, MODEL_DIR, MODEL_FILES)
+  args = [f"--model={REPO}", f"--workdir={workdir}"]
+  run_script("convert_diffusers.py", *args, check=True, env=_offline_env(cache))
+  config, params = diffusers_unet.load_diffusers_unet(MODEL_DIR)  # what --model_dir converts
+  assert run_config.load_config(workdir).to_dict() == config.to_dict()
+  # The raw tree, as orbax stored it: evaluation.run_loading's typed restore traces the U-Net
+  # (seconds), and test_convert_diffusers shows already that write_run's workdirs load.
+  manager = ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"),
+    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    item_handlers=ocp.StandardCheckpointHandler(),
+  )
+  stored = jax.device_get(manager.restore(0))
+  manager.close()
+  for tree in (stored["params"], stored["ema_params"]):
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, tree, params)))
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      [f"--model={REPO}"],
+      f"{REPO} is not cached (Hugging Face cache CACHE) and HF_HUB_OFFLINE is set; run once with "
+      "network access to download it, or convert a downloaded folder (--model_dir)",
+    ),
+    ([f"--model={REPO}", f"--model_dir={MODEL_DIR}"], "give exactly one of --model (a Hub name)"),
+    ([], "give exactly one of --model (a Hub name) and --model_dir (a local folder)"),
+    ([f"--model_dir={MODEL_DIR}", "--revision=v1"], "--revision goes with --model"),
+  ],
+  ids=["uncached", "both", "neither", "revision_of_a_folder"],
+)
+def test_cli_errors(tmp_path, args, message):
+  cache, workdir = str(tmp_path / "cache"), str(tmp_path / "run")
+  proc = run_script("convert_diffusers.py", *args, f"--workdir={workdir}", env=_offline_env(cache))
+  assert_fails_cleanly(proc, message.replace("CACHE", cache))
+  assert not os.path.exists(workdir)
