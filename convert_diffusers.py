@@ -1,11 +1,13 @@
 """Turns a released diffusers DDPM model into a workdir that sample.py and evaluate_bpd.py read:
 
-  python convert_diffusers.py --model_dir=ddpm-cifar10-32 --workdir=runs/ddpm_cifar10
+  python convert_diffusers.py --model=google/ddpm-cifar10-32 --workdir=runs/ddpm_cifar10
   python sample.py --workdir=runs/ddpm_cifar10 --sampler=ddim --steps=50 --spacing=leading
 
---model_dir is a local copy of e.g. google/ddpm-cifar10-32 or google/ddpm-ema-church-256 (a model
-or pipeline folder). --config is the base config (default configs/default.py, tfds cifar10): its
-data group is the dataset bits/dim are measured on, e.g. --config=configs/church256.py for church.
+--model is a Hub name (google/ddpm-cifar10-32, google/ddpm-ema-church-256, ...): the files the
+conversion reads are downloaded once into the Hugging Face cache, which later runs, and runs with
+HF_HUB_OFFLINE=1, read. --model_dir is instead a local copy (a model or pipeline folder). --config
+is the base config (default configs/default.py, tfds cifar10): its data group is the dataset
+bits/dim are measured on, e.g. --config=configs/church256.py for church.
 """
 
 import sys
@@ -16,14 +18,30 @@ from ml_collections import config_flags
 
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.cli import logs
-from diffusion_jax.pretrained import diffusers_unet
+from diffusion_jax.pretrained import diffusers_unet, hub
 from diffusion_jax.training import imported_run, run_config
 
+_MODEL = flags.DEFINE_string(
+  "model", None, "A diffusers model's Hub name, e.g. google/ddpm-cifar10-32 (kept in the HF cache)."
+)
+_REVISION = flags.DEFINE_string(
+  "revision", None, "--model's branch, tag or commit (default: main)."
+)
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A diffusers UNet2DModel or pipeline folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write config.json and checkpoints/.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (optional).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the run already in --workdir.")
-flags.mark_flags_as_required(["model_dir", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+flags.register_multi_flags_validator(
+  ["model", "model_dir"],
+  lambda f: (f["model"] is None) != (f["model_dir"] is None),
+  "give exactly one of --model (a Hub name) and --model_dir (a local folder)",
+)
+flags.register_multi_flags_validator(
+  ["revision", "model"],
+  lambda f: f["revision"] is None or f["model"] is not None,
+  "--revision goes with --model (a branch, tag or commit of its Hub repo)",
+)
 
 
 def main(argv):
@@ -32,7 +50,10 @@ def main(argv):
   logs.quiet_library_logs()
   try:
     imported_run.check_no_run(_WORKDIR.value, _OVERWRITE.value)  # before the (long) load
-    config, params = diffusers_unet.load_diffusers_unet(_MODEL_DIR.value, _CONFIG.value)
+    folder = _MODEL_DIR.value
+    if _MODEL.value is not None:
+      folder = hub.model_folder(_MODEL.value, revision=_REVISION.value)
+    config, params = diffusers_unet.load_diffusers_unet(folder, _CONFIG.value)
     imported_run.write_run(_WORKDIR.value, config, params, overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

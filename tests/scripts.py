@@ -7,10 +7,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-  """Runs `python <script> <args>` from the repository root; with check, a failure raises."""
+def run_script(
+  script: str, *args: str, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+  """Runs `python <script> <args>` from the repository root; with check, a failure raises.
+
+  env: variables set for the script on top of this process's environment.
+  """
   proc = subprocess.run(
-    [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    [sys.executable, script, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=None if env is None else {**os.environ, **env},
   )
   if check and proc.returncode != 0:
     raise AssertionError(f"{script} failed:\n{proc.stderr[-3000:]}")

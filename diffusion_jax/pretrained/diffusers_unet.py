@@ -33,6 +33,7 @@ Sampling as diffusers does, with the same noise the trajectories agree to float3
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -158,6 +159,41 @@ _ATTN_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "pro
 _LEGACY_ATTN_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
+def choose_files(exists: Callable[[str], bool], where: str) -> tuple[str, str, str]:
+  """Picks the U-Net config, weight file and scheduler config of a diffusers model or pipeline.
+
+  Args:
+    exists: whether a path relative to the model's root (e.g. `unet/config.json`) is a file.
+    where: the model's name in error messages (a folder, a Hub name).
+
+  Returns:
+    (config, weights, scheduler config) as `/`-separated relative paths; safetensors is preferred.
+  """
+  model = ""
+  if not exists("config.json"):
+    model = "unet/"
+    if not exists("unet/config.json"):
+      raise ValueError(
+        f"{where} has no config.json, nor unet/config.json; is it a diffusers model?"
+      )
+  weights = next((model + n for n in WEIGHT_FILES if exists(model + n)), None)
+  if weights is None:
+    raise ValueError(
+      f"{where} has no weights; expected {' or '.join(model + n for n in WEIGHT_FILES)}"
+    )
+  # A model folder holds it beside config.json; a pipeline in scheduler/, beside unet/.
+  candidates = dict.fromkeys(
+    ["scheduler_config.json", f"{model}scheduler_config.json", "scheduler/scheduler_config.json"]
+  )
+  scheduler = next((p for p in candidates if exists(p)), None)
+  if scheduler is None:
+    raise ValueError(
+      f"{where} has no scheduler_config.json (looked for {', '.join(candidates)}); it gives the "
+      "noise schedule"
+    )
+  return f"{model}config.json", weights, scheduler
+
+
 def find_files(folder: str) -> tuple[str, str, str]:
   """Locates the U-Net config, its weight file and the scheduler config of a diffusers folder.
 
@@ -167,26 +203,9 @@ def find_files(folder: str) -> tuple[str, str, str]:
   Returns:
     (config.json path, weight file path, scheduler_config.json path); safetensors is preferred.
   """
-  model_dir = folder
-  if not os.path.isfile(os.path.join(folder, "config.json")):
-    model_dir = os.path.join(folder, "unet")
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-      raise ValueError(
-        f"{folder} has no config.json, nor unet/config.json; is it a diffusers model?"
-      )
-  weights = [os.path.join(model_dir, n) for n in WEIGHT_FILES]
-  weights = [p for p in weights if os.path.isfile(p)]
-  if not weights:
-    raise ValueError(f"{model_dir} has no weights; expected one of {', '.join(WEIGHT_FILES)}")
-  candidates = [os.path.join(d, "scheduler_config.json") for d in (folder, model_dir)]
-  candidates.append(os.path.join(folder, "scheduler", "scheduler_config.json"))
-  scheduler = next((p for p in candidates if os.path.isfile(p)), None)
-  if scheduler is None:
-    raise ValueError(
-      f"{folder} has no scheduler_config.json (looked in {folder}, {folder}/scheduler); it gives "
-      "the noise schedule"
-    )
-  return os.path.join(model_dir, "config.json"), weights[0], scheduler
+  local = lambda path: os.path.join(folder, *path.split("/"))
+  config, weights, scheduler = choose_files(lambda path: os.path.isfile(local(path)), folder)
+  return local(config), local(weights), local(scheduler)
 
 
 def _read_json(path: str) -> dict[str, Any]:
