@@ -39,6 +39,7 @@ DIGITS_FLAGS = [
   "--config.training.sample_every=4",
   "--config.training.num_sample_images=8",
   "--config.sampling.batch_size=8",
+  "--config.sampling.steps=10",
   "--config.eval.every_steps=0",
 ]
 

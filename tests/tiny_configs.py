@@ -34,5 +34,6 @@ def digits_small(num_train_steps: int = 4):
   config.training.sample_every = num_train_steps
   config.training.num_sample_images = 8
   config.sampling.batch_size = 8
+  config.sampling.steps = 10  # DDIM, as configs/digits.py samples, on the 20-step chain
   config.eval.every_steps = 0  # tests that want the quick evaluation turn it on
   return config
