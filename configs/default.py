@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4
   optim.warmup_steps = 5000  # linear warmup from 0
+  optim.decay_steps = 0  # > 0: cosine decay to 0 over this many steps after warmup; 0: constant
   optim.grad_clip = 1.0  # global-norm clipping; 0 disables
   optim.beta1 = 0.9
   optim.beta2 = 0.999

@@ -33,6 +33,16 @@ def test_learning_rate_warms_up_linearly_then_holds():
   np.testing.assert_allclose([float(lr(s)) for s in (0, 25, 100, 1000)], [0, 5e-5, 2e-4, 2e-4])
 
 
+def test_learning_rate_cosine_decay_after_warmup():
+  config = tiny_configs.toy()
+  config.optim.learning_rate, config.optim.warmup_steps, config.optim.decay_steps = 1e-3, 10, 90
+  lr = train_state.learning_rate_schedule(config.optim)
+  steps = np.array([5, 10, 40, 55, 100, 150])
+  progress = np.clip((steps - 10) / 90, 0, 1)
+  expected = 1e-3 * np.minimum(1, steps / 10) * 0.5 * (1 + np.cos(np.pi * progress))
+  np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-6, atol=1e-12)
+
+
 def _state_and_batch(config, mesh):
   model = models.create_model(config)
   ds = data.create_dataset(config.data, config.training.batch_size, config.seed)

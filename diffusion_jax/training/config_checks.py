@@ -121,6 +121,7 @@ FIELD_CHECKS: dict[str, Check] = {
   "training.vlb_weight": _number(0.0, math.inf),
   "optim.learning_rate": _number(0.0, math.inf),
   "optim.warmup_steps": _NON_NEGATIVE,
+  "optim.decay_steps": _NON_NEGATIVE,
   "optim.grad_clip": _number(0.0, math.inf),
   "optim.beta1": _number(0.0, 1.0, hi_open=True),
   "optim.beta2": _number(0.0, 1.0, hi_open=True),

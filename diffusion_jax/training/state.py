@@ -20,11 +20,20 @@ class TrainState(train_state.TrainState):
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup from 0 to the learning rate over warmup_steps, then constant (as DDPM)."""
+  """Linear warmup from 0 to the learning rate over warmup_steps, then constant (as DDPM), or, with
+  decay_steps > 0, a cosine from the peak to 0 over decay_steps (held at 0 after)."""
   lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
-  if warmup <= 0:
-    return optax.constant_schedule(lr)
-  return lambda step: lr * jnp.minimum(1.0, step / warmup)
+  decay = optim_config.decay_steps
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    rate = lr * jnp.minimum(1.0, step / warmup) if warmup > 0 else jnp.full_like(step, lr)
+    if decay > 0:
+      progress = jnp.clip((step - warmup) / decay, 0.0, 1.0)
+      rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return rate
+
+  return schedule
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
