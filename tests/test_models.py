@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from diffusion_jax.configs import cifar10, default, toy2d
 from diffusion_jax.models import MLP, UNet, create_model
 from diffusion_jax.models.layers import timestep_embedding
+from diffusion_jax.models.unet import GN_EPSILON, AttnBlock
 
 
 def _tiny_unet_config(dropout: float = 0.0):
@@ -172,6 +174,34 @@ def test_unet_output_depends_on_t(tiny_unet):
   assert float(jnp.max(jnp.abs(eps[0] - eps[1]))) > 1e-2
   eps_same_t = model.apply({"params": params}, same_image, jnp.array([3, 3]), train=False)
   np.testing.assert_allclose(eps_same_t[0], eps_same_t[1], atol=1e-5)
+
+
+def _einsum_attention_block(params, x_BxHxWxC, num_groups):
+  """The attention block written out: x + proj_out(softmax(q k^T / sqrt(C)) v), q k v of GN(x)."""
+  B, H, W, C = x_BxHxWxC.shape
+  norm = nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON)
+  h_BxNxC = norm.apply({"params": params["norm"]}, x_BxHxWxC).reshape(B, H * W, C)
+  dense = lambda name, h: h @ params[name]["kernel"] + params[name]["bias"][None, None, :]
+  q, k, v = (dense(n, h_BxNxC) for n in "qkv")
+  w_BxNxN = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(C), axis=-1)
+  h_BxNxC = dense("proj_out", jnp.einsum("bqk,bkc->bqc", w_BxNxN, v))
+  return x_BxHxWxC + h_BxNxC.reshape(B, H, W, C)
+
+
+def test_attention_block_matches_einsum_attention():
+  block = AttnBlock(num_groups=4)
+  x = _images(channels=16)  # 64 positions
+  shapes = jax.eval_shape(block.init, jax.random.key(0), x)["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape, np.float32), shapes)
+  assert set(params) == {"norm", "q", "k", "v", "proj_out"}  # the tree checkpoints were saved with
+  got = jax.jit(block.apply)({"params": params}, x)
+  want = jax.jit(_einsum_attention_block, static_argnums=2)(params, x, 4)
+  assert got.dtype == jnp.float32
+  # Only float32 rounding differs (jax's einsums take another layout): the measured gap is 3e-7
+  # on outputs of size up to 3.6.
+  gap = float(jnp.max(jnp.abs(got - want)))
+  assert gap <= 1e-6, gap
 
 
 def test_unet_rejects_non_square_input():

@@ -98,10 +98,12 @@ class AttnBlock(nn.Module):
     """Returns x + Attn(GN(x)) as [B, H, W, C]."""
     B, H, W, C = x_BxHxWxC.shape
     h_BxNxC = _group_norm(self.num_groups, name="norm")(x_BxHxWxC).reshape(B, H * W, C)
-    q, k, v = (nn.Dense(C, kernel_init=default_init(), name=n)(h_BxNxC) for n in "qkv")
-    logits_BxNxN = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(C)
-    w_BxNxN = jax.nn.softmax(logits_BxNxN.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h_BxNxC = jnp.einsum("bqk,bkc->bqc", w_BxNxN, v)
+    # One head: [B, N, 1, C], the layout of jax.nn.dot_product_attention.
+    q, k, v = (
+      nn.Dense(C, kernel_init=default_init(), name=n)(h_BxNxC)[:, :, None, :] for n in "qkv"
+    )
+    # softmax(q k^T / sqrt(C)) v, with float32 logits and softmax whatever the input dtype.
+    h_BxNxC = jax.nn.dot_product_attention(q, k, v)[:, :, 0, :]
     h_BxNxC = nn.Dense(C, kernel_init=default_init(ZERO_ISH_SCALE), name="proj_out")(h_BxNxC)
     return x_BxHxWxC + h_BxNxC.reshape(B, H, W, C)
 
