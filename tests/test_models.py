@@ -204,6 +204,50 @@ def test_attention_block_matches_einsum_attention():
   assert gap <= 1e-6, gap
 
 
+def test_bfloat16_attention_takes_its_softmax_in_float32():
+  block = AttnBlock(num_groups=4, dtype=jnp.bfloat16)
+  x = _images(channels=16, size=4)
+  params = jax.eval_shape(block.init, jax.random.key(0), x)
+  lines = str(jax.make_jaxpr(block.apply)(params, x)).splitlines()
+  exps = [line for line in lines if " = exp " in line]
+  assert exps and all(":f32[" in line for line in exps), exps  # the softmax is its only exp
+
+
+def _dtypes_by_layer(model, params, x, t) -> dict[str, set]:
+  """The names of the output dtypes of each kind of module called in one application of model."""
+  seen = {}
+
+  def record(call, args, kwargs, context):
+    out = call(*args, **kwargs)
+    if context.method_name == "__call__":
+      seen.setdefault(type(context.module).__name__, set()).add(out.dtype.name)
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply({"params": params}, x, t)
+  return seen
+
+
+@pytest.mark.parametrize("name", ["unet", "mlp"])
+def test_bfloat16_network_computes_in_bfloat16_and_returns_float32(name):
+  config = _tiny_unet_config() if name == "unet" else toy2d.get_config()
+  config.model.dtype = "bfloat16"
+  model = create_model(config)
+  x = _images() if name == "unet" else np.ones((2, 2), np.float32)
+  t = jnp.array([3, 700])
+  params = _random_params(model, x, t)
+  shapes = jax.eval_shape(lambda: _init(model, x, t))
+  assert {p.dtype.name for p in jax.tree.leaves(shapes)} == {"float32"}
+  out = model.apply({"params": params}, x, t)
+  assert out.dtype == jnp.float32 and out.shape == x.shape
+  seen = _dtypes_by_layer(model, params, x, t)
+  assert seen["Dense"] == {"bfloat16"}
+  if name == "unet":
+    # Statistics and normalisation in float32; the blocks cast the result to bfloat16.
+    assert seen["Conv"] == {"bfloat16"} and seen["GroupNorm"] == {"float32"}
+    assert seen["ResnetBlock"] == seen["AttnBlock"] == {"bfloat16"}
+
+
 def test_unet_rejects_non_square_input():
   model = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=4)
   with pytest.raises(ValueError, match="square images, got 8x16"):
