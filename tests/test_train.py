@@ -148,6 +148,36 @@ def test_bfloat16_run_learns_like_float32_and_keeps_float32_state(tmp_path):
   assert {x.dtype.name for x in floats if x.dtype.kind == "f"} == {"float32"}
 
 
+def test_a_checkpoint_trained_with_remat_restores_without_it_and_back(tmp_path):
+  mesh = sharding.data_mesh()
+  config = tiny_configs.digits_small()
+  sched = schedules.schedule_from_config(config.diffusion)
+  saved, x0 = {}, None
+  for remat in (True, False):
+    config.model.remat = remat
+    state, x0 = _state_and_batch(config, mesh)
+    model = models.create_model(config)
+    state, _ = make_train_step(config, model, sched, mesh)(state, x0, jax.random.key(1))
+    checkpoints.Checkpointer(str(tmp_path / f"remat_{remat}")).save(1, state, wait=True)
+    saved[remat] = model, jax.device_get(state)
+  t = np.arange(config.training.batch_size) % config.diffusion.num_timesteps
+  for remat in (True, False):
+    config.model.remat = remat
+    model = models.create_model(config)
+    abstract = train_state.abstract_train_state(config, model, x0.shape[1:], mesh)
+    other_model, other_state = saved[not remat]
+    reader = checkpoints.Checkpointer(str(tmp_path / f"remat_{not remat}"), read_only=True)
+    restored = reader.restore(abstract)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(other_state), strict=True):
+      np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(
+      models.apply(model, restored.ema_params, x0, t, train=False),
+      models.apply(other_model, other_state.ema_params, x0, t, train=False),
+      rtol=1e-6,
+      atol=1e-7,
+    )
+
+
 def _read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]

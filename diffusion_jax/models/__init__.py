@@ -93,6 +93,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       resamp_with_conv=m.resamp_with_conv,
       outputs_per_channel=outputs,
       dtype=m.dtype,
+      remat=m.remat,
     )
   if ":" in m.name:
     cls = _import_module_class(m.name)

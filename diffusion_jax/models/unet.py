@@ -152,6 +152,12 @@ class Upsample(nn.Module):
     return _conv3x3(h.shape[-1], self.dtype, name="conv")(h) if self.with_conv else h
 
 
+# The blocks rematerialised: the backward pass recomputes their activations instead of keeping
+# them. `train` (argument 3, counting self) is static: it decides whether dropout runs.
+_RematResnetBlock = nn.remat(ResnetBlock, static_argnums=(3,))
+_RematAttnBlock = nn.remat(AttnBlock)
+
+
 class UNet(nn.Module):
   """The denoiser network of DDPM; defaults are the paper's CIFAR-10 model (35.7M parameters)."""
 
@@ -166,6 +172,9 @@ class UNet(nn.Module):
   # Compute dtype of the convolutions, dense layers and attention: "float32" or "bfloat16". The
   # parameters, GroupNorm, the attention softmax, the timestep sinusoids and the output are float32.
   dtype: str = "float32"
+  # Rematerialise every ResnetBlock and AttnBlock (nn.remat): less activation memory for about one
+  # more forward pass per step; the parameters and outputs are the same.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
@@ -192,13 +201,16 @@ class UNet(nn.Module):
     temb = temb_dense("temb_dense0")(timestep_embedding(t_B, self.ch))
     temb_BxE = temb_dense("temb_dense1")(nn.silu(temb))
 
+    resnet_block = _RematResnetBlock if self.remat else ResnetBlock
+    attn_block = _RematAttnBlock if self.remat else AttnBlock
+
     def res(h, out_ch, name):
-      block = ResnetBlock(out_ch, self.dropout, self.num_groups, dtype, name=name)
+      block = resnet_block(out_ch, self.dropout, self.num_groups, dtype, name=name)
       return block(h, temb_BxE, train)
 
     def attn_if_listed(h, name):
       if h.shape[1] in self.attn_resolutions:
-        return AttnBlock(self.num_groups, dtype, name=name)(h)
+        return attn_block(self.num_groups, dtype, name=name)(h)
       return h
 
     # Down path: every block's output is kept for the skip connections.
@@ -213,7 +225,7 @@ class UNet(nn.Module):
 
     h = hs[-1]
     h = res(h, h.shape[-1], "mid_res0")
-    h = AttnBlock(self.num_groups, dtype, name="mid_attn")(h)
+    h = attn_block(self.num_groups, dtype, name="mid_attn")(h)
     h = res(h, h.shape[-1], "mid_res1")
 
     # Up path: one block more per level than going down, to consume the downsample outputs too.

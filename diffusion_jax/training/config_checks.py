@@ -105,6 +105,7 @@ FIELD_CHECKS: dict[str, Check] = {
   "model.hidden_dim": _POSITIVE,
   "model.num_layers": _POSITIVE,
   "model.dtype": _choice(models.COMPUTE_DTYPES),
+  "model.remat": _boolean,
   "diffusion.schedule": _choice(schedules.SCHEDULES),
   "diffusion.num_timesteps": _POSITIVE,
   "diffusion.beta_start": _number(0.0, 1.0, lo_open=True, hi_open=True),
