@@ -148,6 +148,20 @@ def test_bfloat16_run_learns_like_float32_and_keeps_float32_state(tmp_path):
   assert {x.dtype.name for x in floats if x.dtype.kind == "f"} == {"float32"}
 
 
+def test_bfloat16_digits_unet_run_trains(tmp_path):
+  config = tiny_configs.digits_small(num_train_steps=100)
+  config.model.dtype = "bfloat16"
+  config.training.log_every, config.training.checkpoint_every = 10, 100
+  config.optim.warmup_steps, config.optim.learning_rate = 0, 2e-3
+  state = train_loop.train_and_evaluate(config, str(tmp_path))
+  losses = [r["loss"] for r in _read_metrics(tmp_path) if "loss" in r]
+  # Measured: 0.98 over the first 10 steps, 0.61 over the last 10.
+  assert len(losses) == 10 and losses[-1] < 0.75 * losses[0], losses
+  assert (tmp_path / "previews" / "step_0000100.png").exists()  # sampled in bfloat16
+  floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+  assert {x.dtype.name for x in floats if x.dtype.kind == "f"} == {"float32"}
+
+
 def test_a_checkpoint_trained_with_remat_restores_without_it_and_back(tmp_path):
   mesh = sharding.data_mesh()
   config = tiny_configs.digits_small()
