@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.resamp_with_conv = True
   model.hidden_dim = 128  # mlp only
   model.num_layers = 3  # mlp only: hidden layers
+  # unet and mlp: compute dtype float32 | bfloat16 (parameters, EMA, optimizer stay float32)
+  model.dtype = "float32"
+  model.remat = False  # unet only: recompute each block's activations in the backward pass
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = (

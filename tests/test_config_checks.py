@@ -36,6 +36,7 @@ def test_every_field_has_a_check():
     ("diffusion.beta_end", 0.0, "diffusion.beta_end must lie in (0, 1)"),
     ("sampling.sampler", "euler", "sampling.sampler must be one of 'ancestral'"),
     ("data.random_flip", 1, "data.random_flip must be True or False"),
+    ("model.dtype", "float16", "model.dtype must be one of 'float32', 'bfloat16'"),
   ],
 )
 def test_bad_values_name_the_field(field, value, message):

@@ -7,6 +7,7 @@ import signal
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from diffusion_jax import data, models, schedules, sharding
@@ -101,6 +102,104 @@ def test_loss_falls_on_moons(tmp_path):
   records = _read_metrics(tmp_path)
   first, last = records[0]["loss"], np.mean([r["loss"] for r in records[-5:]])
   assert last < 0.7 * first, (first, last)
+
+
+def _sgd_step_of_perturbed_unet(dtype: str):
+  """(loss, parameter update) of one train step of the tiny digits U-Net computing in dtype, with
+  SGD (update = -lr * gradient) from float32 parameters moved off their zero-ish init."""
+  config = tiny_configs.digits_small()
+  config.model.dtype = dtype
+  mesh = sharding.data_mesh()
+  model = models.create_model(config)
+  ds = data.create_dataset(config.data, config.training.batch_size, config.seed)
+  state = jax.jit(
+    lambda k: train_state.init_train_state(model, ds.example_shape, k, optax.sgd(1e-2))
+  )(jax.random.key(0))
+  # The last layers start near zero, so at init the loss hardly depends on the others.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(
+    lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape, np.float32), state.params
+  )
+  state = jax.device_put(state.replace(params=params, ema_params=params), sharding.replicated(mesh))
+  step = make_train_step(config, model, schedules.schedule_from_config(config.diffusion), mesh)
+  state, metrics = step(state, sharding.shard_batch(ds.get_batch(0), mesh), jax.random.key(1))
+  update = jax.tree.map(lambda new, old: np.asarray(new) - old, state.params, params)
+  return float(metrics["loss"]), update
+
+
+def test_bfloat16_step_agrees_with_float32_step():
+  """bfloat16 keeps 8 significant bits (relative rounding 2^-9, 0.2%) and the gradient passes
+  through some 30 layers rounding so. Over 8 draws of perturbation and batch the loss differed by
+  5e-5 to 2.3e-3 relatively and the update (L2 over all parameters) by 0.9% to 2.4%; the bounds are
+  about twice the worst. SGD, because Adam's first update is lr * sign(gradient), which flips for
+  the elements whose gradient is below bfloat16's rounding."""
+  loss32, update32 = _sgd_step_of_perturbed_unet("float32")
+  loss16, update16 = _sgd_step_of_perturbed_unet("bfloat16")
+  assert abs(loss16 - loss32) <= 5e-3 * loss32, (loss16, loss32)
+  norm = lambda tree: np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in tree))
+  gap = norm(jax.tree.leaves(jax.tree.map(np.subtract, update16, update32)))
+  assert gap <= 0.05 * norm(jax.tree.leaves(update32)), gap / norm(jax.tree.leaves(update32))
+
+
+def test_bfloat16_run_learns_like_float32_and_keeps_float32_state(tmp_path):
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_configs.toy(num_train_steps=300)
+    config.model.dtype = dtype
+    config.training.sample_every = 300  # the preview samples with the bfloat16 network too
+    config.training.checkpoint_every = 300
+    state = train_loop.train_and_evaluate(config, str(tmp_path / dtype))
+    records = _read_metrics(tmp_path / dtype)
+    losses[dtype] = records[0]["loss"], np.mean([r["loss"] for r in records[-5:]])
+  (first16, last16), last32 = losses["bfloat16"], losses["float32"][1]
+  # Same batches and noise: measured 1.057 -> 0.4563 in both, 5e-5 apart at the end.
+  assert last16 < 0.7 * first16 and abs(last16 - last32) <= 0.02 * last32, losses
+  floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+  assert {x.dtype.name for x in floats if x.dtype.kind == "f"} == {"float32"}
+
+
+def test_bfloat16_digits_unet_run_trains(tmp_path):
+  config = tiny_configs.digits_small(num_train_steps=100)
+  config.model.dtype = "bfloat16"
+  config.training.log_every, config.training.checkpoint_every = 10, 100
+  config.optim.warmup_steps, config.optim.learning_rate = 0, 2e-3
+  state = train_loop.train_and_evaluate(config, str(tmp_path))
+  losses = [r["loss"] for r in _read_metrics(tmp_path) if "loss" in r]
+  # Measured: 0.98 over the first 10 steps, 0.61 over the last 10.
+  assert len(losses) == 10 and losses[-1] < 0.75 * losses[0], losses
+  assert (tmp_path / "previews" / "step_0000100.png").exists()  # sampled in bfloat16
+  floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+  assert {x.dtype.name for x in floats if x.dtype.kind == "f"} == {"float32"}
+
+
+def test_a_checkpoint_trained_with_remat_restores_without_it_and_back(tmp_path):
+  mesh = sharding.data_mesh()
+  config = tiny_configs.digits_small()
+  sched = schedules.schedule_from_config(config.diffusion)
+  saved, x0 = {}, None
+  for remat in (True, False):
+    config.model.remat = remat
+    state, x0 = _state_and_batch(config, mesh)
+    model = models.create_model(config)
+    state, _ = make_train_step(config, model, sched, mesh)(state, x0, jax.random.key(1))
+    checkpoints.Checkpointer(str(tmp_path / f"remat_{remat}")).save(1, state, wait=True)
+    saved[remat] = model, jax.device_get(state)
+  t = np.arange(config.training.batch_size) % config.diffusion.num_timesteps
+  for remat in (True, False):
+    config.model.remat = remat
+    model = models.create_model(config)
+    abstract = train_state.abstract_train_state(config, model, x0.shape[1:], mesh)
+    other_model, other_state = saved[not remat]
+    reader = checkpoints.Checkpointer(str(tmp_path / f"remat_{not remat}"), read_only=True)
+    restored = reader.restore(abstract)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(other_state), strict=True):
+      np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(
+      models.apply(model, restored.ema_params, x0, t, train=False),
+      models.apply(other_model, other_state.ema_params, x0, t, train=False),
+      rtol=1e-6,
+      atol=1e-7,
+    )
 
 
 def _read_metrics(workdir):

@@ -16,10 +16,12 @@ import jax
 import ml_collections
 
 from diffusion_jax import parametrization
+from diffusion_jax.models.layers import COMPUTE_DTYPES
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
 
 __all__ = [
+  "COMPUTE_DTYPES",
   "MLP",
   "UNet",
   "apply",
@@ -77,6 +79,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       num_layers=m.num_layers,
       dropout=m.dropout,
       outputs_per_channel=outputs,
+      dtype=m.dtype,
     )
   if m.name == "unet":
     check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
@@ -89,6 +92,8 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       num_groups=m.num_groups,
       resamp_with_conv=m.resamp_with_conv,
       outputs_per_channel=outputs,
+      dtype=m.dtype,
+      remat=m.remat,
     )
   if ":" in m.name:
     cls = _import_module_class(m.name)

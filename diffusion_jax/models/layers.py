@@ -5,6 +5,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+# What `dtype` of the U-Net and the MLP may name: their convolutions, dense layers and attention
+# run in it, with float32 parameters.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 # The original code's stand-in for a zero init (variance_scaling rejects scale 0): layers that
 # end a residual branch start near zero, so each block begins as the identity.
 ZERO_ISH_SCALE = 1e-10

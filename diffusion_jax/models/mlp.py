@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from diffusion_jax.models.layers import default_init, timestep_embedding
 
@@ -13,6 +14,9 @@ class MLP(nn.Module):
   num_layers: int = 3
   dropout: float = 0.0
   outputs_per_channel: int = 1  # 2 with a learned variance: the prediction, then the variance
+  # Compute dtype of the dense layers, "float32" or "bfloat16"; parameters and the timestep
+  # sinusoids stay float32.
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BxD: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
@@ -24,13 +28,14 @@ class MLP(nn.Module):
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
 
     Returns:
-      [B, D * outputs_per_channel]: the prediction (e.g. eps), then any variance outputs.
+      [B, D * outputs_per_channel] float32: the prediction (e.g. eps), then any variance outputs.
     """
-    dense = lambda n: nn.Dense(n, kernel_init=default_init())
+    dense = lambda n: nn.Dense(n, kernel_init=default_init(), dtype=jnp.dtype(self.dtype))
     temb = timestep_embedding(t_B, self.hidden_dim)
     temb_BxH = dense(self.hidden_dim)(nn.silu(dense(self.hidden_dim)(temb)))
     h_BxH = x_BxD
     for _ in range(self.num_layers):
       h_BxH = nn.silu(dense(self.hidden_dim)(h_BxH) + dense(self.hidden_dim)(temb_BxH))
       h_BxH = nn.Dropout(self.dropout, deterministic=not train)(h_BxH)
-    return dense(x_BxD.shape[-1] * self.outputs_per_channel)(h_BxH)
+    # The loss, samplers and likelihoods read the prediction in float32.
+    return dense(x_BxD.shape[-1] * self.outputs_per_channel)(h_BxH).astype(jnp.float32)

@@ -1,7 +1,8 @@
 """The DDPM U-Net (Ho et al. 2020, Appendix B), laid out as in the paper's TensorFlow code."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,15 +54,24 @@ def check_unet_config(
 
 
 def _conv3x3(
-  features: int, stride: int = 1, scale: float = 1.0, name: str | None = None
+  features: int, dtype: Any, stride: int = 1, scale: float = 1.0, name: str | None = None
 ) -> nn.Conv:
   return nn.Conv(
-    features, (3, 3), strides=stride, padding="SAME", kernel_init=default_init(scale), name=name
+    features,
+    (3, 3),
+    strides=stride,
+    padding="SAME",
+    kernel_init=default_init(scale),
+    dtype=dtype,
+    name=name,
   )
 
 
-def _group_norm(num_groups: int, name: str | None = None) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, name=name)
+def _group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
+  """GroupNorm in float32 (statistics, normalisation and affine map: in bfloat16, x - mean would
+  lose the small deviations it rescales), its output cast to the compute dtype."""
+  norm = nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, dtype=jnp.float32, name=name)
+  return lambda x: norm(x).astype(dtype)
 
 
 class ResnetBlock(nn.Module):
@@ -70,20 +80,25 @@ class ResnetBlock(nn.Module):
   out_ch: int
   dropout: float
   num_groups: int
+  dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array, train: bool) -> jax.Array:
     """Returns x + F(x, temb) as [B, H, W, out_ch]."""
-    h = nn.silu(_group_norm(self.num_groups, name="norm1")(x_BxHxWxC))
-    h = _conv3x3(self.out_ch, name="conv1")(h)
-    temb_proj = nn.Dense(self.out_ch, kernel_init=default_init(), name="temb_proj")
+    h = nn.silu(_group_norm(self.num_groups, self.dtype, "norm1")(x_BxHxWxC))
+    h = _conv3x3(self.out_ch, self.dtype, name="conv1")(h)
+    temb_proj = nn.Dense(
+      self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="temb_proj"
+    )
     h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
-    h = nn.silu(_group_norm(self.num_groups, name="norm2")(h))
+    h = nn.silu(_group_norm(self.num_groups, self.dtype, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = _conv3x3(self.out_ch, scale=ZERO_ISH_SCALE, name="conv2")(h)
+    h = _conv3x3(self.out_ch, self.dtype, scale=ZERO_ISH_SCALE, name="conv2")(h)
     if x_BxHxWxC.shape[-1] != self.out_ch:
       # 1x1 conv ("network in network") so the shortcut matches out_ch.
-      nin_shortcut = nn.Dense(self.out_ch, kernel_init=default_init(), name="nin_shortcut")
+      nin_shortcut = nn.Dense(
+        self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="nin_shortcut"
+      )
       x_BxHxWxC = nin_shortcut(x_BxHxWxC)
     return x_BxHxWxC + h
 
@@ -92,17 +107,21 @@ class AttnBlock(nn.Module):
   """Single-head self-attention over all spatial positions, as a residual branch."""
 
   num_groups: int
+  dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns x + Attn(GN(x)) as [B, H, W, C]."""
     B, H, W, C = x_BxHxWxC.shape
-    h_BxNxC = _group_norm(self.num_groups, name="norm")(x_BxHxWxC).reshape(B, H * W, C)
-    q, k, v = (nn.Dense(C, kernel_init=default_init(), name=n)(h_BxNxC) for n in "qkv")
-    logits_BxNxN = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(C)
-    w_BxNxN = jax.nn.softmax(logits_BxNxN.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h_BxNxC = jnp.einsum("bqk,bkc->bqc", w_BxNxN, v)
-    h_BxNxC = nn.Dense(C, kernel_init=default_init(ZERO_ISH_SCALE), name="proj_out")(h_BxNxC)
+    h_BxNxC = _group_norm(self.num_groups, self.dtype, "norm")(x_BxHxWxC).reshape(B, H * W, C)
+    dense = lambda name, scale=1.0: nn.Dense(
+      C, kernel_init=default_init(scale), dtype=self.dtype, name=name
+    )
+    # One head: [B, N, 1, C], the layout of jax.nn.dot_product_attention.
+    q, k, v = (dense(n)(h_BxNxC)[:, :, None, :] for n in "qkv")
+    # softmax(q k^T / sqrt(C)) v, with float32 logits and softmax whatever the input dtype.
+    h_BxNxC = jax.nn.dot_product_attention(q, k, v)[:, :, 0, :]
+    h_BxNxC = dense("proj_out", ZERO_ISH_SCALE)(h_BxNxC)
     return x_BxHxWxC + h_BxNxC.reshape(B, H, W, C)
 
 
@@ -110,12 +129,13 @@ class Downsample(nn.Module):
   """Halves height and width: stride-2 3x3 conv, or 2x2 average pooling."""
 
   with_conv: bool
+  dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns [B, H/2, W/2, C]."""
     if self.with_conv:
-      return _conv3x3(x_BxHxWxC.shape[-1], stride=2, name="conv")(x_BxHxWxC)
+      return _conv3x3(x_BxHxWxC.shape[-1], self.dtype, stride=2, name="conv")(x_BxHxWxC)
     return nn.avg_pool(x_BxHxWxC, (2, 2), strides=(2, 2))
 
 
@@ -123,12 +143,19 @@ class Upsample(nn.Module):
   """Doubles height and width: nearest-neighbour, then optionally a 3x3 conv."""
 
   with_conv: bool
+  dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns [B, 2H, 2W, C]."""
     h = jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
-    return _conv3x3(h.shape[-1], name="conv")(h) if self.with_conv else h
+    return _conv3x3(h.shape[-1], self.dtype, name="conv")(h) if self.with_conv else h
+
+
+# The blocks rematerialised: the backward pass recomputes their activations instead of keeping
+# them. `train` (argument 3, counting self) is static: it decides whether dropout runs.
+_RematResnetBlock = nn.remat(ResnetBlock, static_argnums=(3,))
+_RematAttnBlock = nn.remat(AttnBlock)
 
 
 class UNet(nn.Module):
@@ -142,6 +169,12 @@ class UNet(nn.Module):
   num_groups: int = 32
   resamp_with_conv: bool = True
   outputs_per_channel: int = 1  # 2 with a learned variance: the prediction, then the variance
+  # Compute dtype of the convolutions, dense layers and attention: "float32" or "bfloat16". The
+  # parameters, GroupNorm, the attention softmax, the timestep sinusoids and the output are float32.
+  dtype: str = "float32"
+  # Rematerialise every ResnetBlock and AttnBlock (nn.remat): less activation memory for about one
+  # more forward pass per step; the parameters and outputs are the same.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
@@ -153,37 +186,46 @@ class UNet(nn.Module):
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
 
     Returns:
-      [B, H, W, C * outputs_per_channel]: the prediction (e.g. eps), then any variance channels.
+      [B, H, W, C * outputs_per_channel] float32: the prediction (e.g. eps), then any variance
+      channels.
     """
     _, H, W, C = x_BxHxWxC.shape
     if H != W:
       raise ValueError(f"UNet expects square images, got {H}x{W}; resize or crop them")
     check_unet_config(H, self.ch, self.ch_mult, self.num_groups, self.attn_resolutions)
+    dtype = jnp.dtype(self.dtype)
+    temb_dense = lambda name: nn.Dense(
+      4 * self.ch, kernel_init=default_init(), dtype=dtype, name=name
+    )
 
-    temb = timestep_embedding(t_B, self.ch)
-    temb = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense0")(temb)
-    temb_BxE = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense1")(nn.silu(temb))
+    temb = temb_dense("temb_dense0")(timestep_embedding(t_B, self.ch))
+    temb_BxE = temb_dense("temb_dense1")(nn.silu(temb))
+
+    resnet_block = _RematResnetBlock if self.remat else ResnetBlock
+    attn_block = _RematAttnBlock if self.remat else AttnBlock
 
     def res(h, out_ch, name):
-      return ResnetBlock(out_ch, self.dropout, self.num_groups, name=name)(h, temb_BxE, train)
+      block = resnet_block(out_ch, self.dropout, self.num_groups, dtype, name=name)
+      return block(h, temb_BxE, train)
 
     def attn_if_listed(h, name):
       if h.shape[1] in self.attn_resolutions:
-        return AttnBlock(self.num_groups, name=name)(h)
+        return attn_block(self.num_groups, dtype, name=name)(h)
       return h
 
     # Down path: every block's output is kept for the skip connections.
-    hs = [_conv3x3(self.ch, name="conv_in")(x_BxHxWxC)]
+    hs = [_conv3x3(self.ch, dtype, name="conv_in")(x_BxHxWxC)]
     for i, mult in enumerate(self.ch_mult):
       for j in range(self.num_res_blocks):
         h = res(hs[-1], self.ch * mult, f"down{i}_res{j}")
         hs.append(attn_if_listed(h, f"down{i}_attn{j}"))
       if i != len(self.ch_mult) - 1:
-        hs.append(Downsample(self.resamp_with_conv, name=f"down{i}_downsample")(hs[-1]))
+        down = Downsample(self.resamp_with_conv, dtype, name=f"down{i}_downsample")
+        hs.append(down(hs[-1]))
 
     h = hs[-1]
     h = res(h, h.shape[-1], "mid_res0")
-    h = AttnBlock(self.num_groups, name="mid_attn")(h)
+    h = attn_block(self.num_groups, dtype, name="mid_attn")(h)
     h = res(h, h.shape[-1], "mid_res1")
 
     # Up path: one block more per level than going down, to consume the downsample outputs too.
@@ -192,7 +234,9 @@ class UNet(nn.Module):
         h = res(jnp.concatenate([h, hs.pop()], axis=-1), self.ch * mult, f"up{i}_res{j}")
         h = attn_if_listed(h, f"up{i}_attn{j}")
       if i != 0:
-        h = Upsample(self.resamp_with_conv, name=f"up{i}_upsample")(h)
+        h = Upsample(self.resamp_with_conv, dtype, name=f"up{i}_upsample")(h)
 
-    h = nn.silu(_group_norm(self.num_groups, name="norm_out")(h))
-    return _conv3x3(C * self.outputs_per_channel, scale=ZERO_ISH_SCALE, name="conv_out")(h)
+    h = nn.silu(_group_norm(self.num_groups, dtype, "norm_out")(h))
+    out = _conv3x3(C * self.outputs_per_channel, dtype, scale=ZERO_ISH_SCALE, name="conv_out")(h)
+    # The loss, samplers and likelihoods read the prediction in float32.
+    return out.astype(jnp.float32)

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import losses, parametrization, samplers, schedules
+from diffusion_jax import losses, models, parametrization, samplers, schedules
 from diffusion_jax.data import factory
 from diffusion_jax.metrics import feature_nets
 from diffusion_jax.samplers import ancestral, timesteps
@@ -104,6 +104,8 @@ FIELD_CHECKS: dict[str, Check] = {
   "model.resamp_with_conv": _boolean,
   "model.hidden_dim": _POSITIVE,
   "model.num_layers": _POSITIVE,
+  "model.dtype": _choice(models.COMPUTE_DTYPES),
+  "model.remat": _boolean,
   "diffusion.schedule": _choice(schedules.SCHEDULES),
   "diffusion.num_timesteps": _POSITIVE,
   "diffusion.beta_start": _number(0.0, 1.0, lo_open=True, hi_open=True),
