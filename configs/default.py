@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 128  # global batch, split over all devices
+  training.grad_accum_steps = 1  # k micro-batches per update of the whole batch, to fit memory
   training.num_train_steps = 800_000
   training.ema_decay = 0.9999
   training.log_every = 100

@@ -36,6 +36,7 @@ def test_every_field_has_a_check():
     ("diffusion.beta_end", 0.0, "diffusion.beta_end must lie in (0, 1)"),
     ("sampling.sampler", "euler", "sampling.sampler must be one of 'ancestral'"),
     ("data.random_flip", 1, "data.random_flip must be True or False"),
+    ("training.grad_accum_steps", 0, "training.grad_accum_steps must be at least 1; got 0"),
   ],
 )
 def test_bad_values_name_the_field(field, value, message):

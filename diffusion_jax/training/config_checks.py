@@ -109,6 +109,7 @@ FIELD_CHECKS: dict[str, Check] = {
   "diffusion.beta_start": _number(0.0, 1.0, lo_open=True, hi_open=True),
   "diffusion.beta_end": _number(0.0, 1.0, lo_open=True, hi_open=True),
   "training.batch_size": _POSITIVE,
+  "training.grad_accum_steps": _POSITIVE,
   "training.num_train_steps": _NON_NEGATIVE,
   "training.ema_decay": _PROBABILITY,
   "training.log_every": _POSITIVE,

@@ -183,6 +183,12 @@ def _train(
   mesh = sharding.data_mesh()
   training = config.training
   sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
+  accum = training.grad_accum_steps
+  if training.batch_size % (accum * mesh.size):
+    raise ValueError(
+      f"training.batch_size {training.batch_size} must be a multiple of training.grad_accum_steps "
+      f"times the device count, {accum} x {mesh.size}: each micro-batch is split over the devices"
+    )
   sched = schedules.schedule_from_config(config.diffusion)
   ds = data.create_dataset(config.data, training.batch_size, config.seed)
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
