@@ -250,3 +250,65 @@ def test_a_batch_the_micro_batches_cannot_split_evenly_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"^training.batch_size 64 must be a multiple of training"):
     train_loop.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def _toy_per_call(num_train_steps, steps_per_call):
+  config = tiny_configs.toy(num_train_steps)
+  config.training.steps_per_call = steps_per_call
+  return config
+
+
+def _assert_same_params(a, b):
+  for x, y in [(a.params, b.params), (a.ema_params, b.ema_params)]:
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(x), jax.device_get(y))
+
+
+def test_several_steps_per_call_train_exactly_as_one(tmp_path):
+  one, five = str(tmp_path / "one"), str(tmp_path / "five")
+  # 23 steps: four calls of 5, then one of 3 that ends the run at num_train_steps.
+  final_one = train_loop.train_and_evaluate(_toy_per_call(23, 1), one)
+  final_five = train_loop.train_and_evaluate(_toy_per_call(23, 5), five)
+  assert int(final_one.step) == int(final_five.step) == 23
+  _assert_same_params(final_one, final_five)
+  rows_one, rows_five = _read_metrics(one), _read_metrics(five)
+  assert [r["step"] for r in rows_five] == [r["step"] for r in rows_one] == [5, 10, 15, 20, 23]
+  for name in ("loss", "grad_norm", "lr"):
+    assert [r[name] for r in rows_five] == [r[name] for r in rows_one]
+  assert sorted(os.listdir(os.path.join(five, "previews"))) == [
+    "step_0000020.png",
+    "step_0000023.png",
+  ]
+  # Resumed with the other setting: steps 24-25 make a shorter call that reaches a multiple of 5.
+  _assert_same_params(
+    train_loop.train_and_evaluate(_toy_per_call(30, 5), one),
+    train_loop.train_and_evaluate(_toy_per_call(30, 1), five),
+  )
+
+
+def test_sigterm_during_a_call_saves_its_end_and_the_resumed_run_is_exact(tmp_path, monkeypatch):
+  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+  final = train_loop.train_and_evaluate(_toy_per_call(30, 5), straight)
+  real_make = train_loop.make_train_steps
+
+  def make_terminating(*args):
+    train_steps = real_make(*args)
+
+    def terminate_during_steps_11_to_15(state, x0, key):
+      if int(state.step) == 10:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return train_steps(state, x0, key)
+
+    return terminate_during_steps_11_to_15
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train_loop, "make_train_steps", make_terminating)
+    state = train_loop.train_and_evaluate(_toy_per_call(30, 5), stopped)
+  assert int(state.step) == 15
+  ckpt = checkpoints.Checkpointer(stopped, read_only=True)
+  assert ckpt.all_steps() == [10, 15]
+  ckpt.close()
+  again = train_loop.train_and_evaluate(_toy_per_call(30, 5), stopped)
+  _assert_same_params(final, again)
+  rows, straight_rows = _read_metrics(stopped), _read_metrics(straight)
+  assert [r["step"] for r in rows] == [r["step"] for r in straight_rows] == [5, 10, 15, 20, 25, 30]
+  assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]

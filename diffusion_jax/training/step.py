@@ -1,5 +1,5 @@
 """One training step (DDPM Algorithm 1, with any parametrization and loss weighting) plus the EMA
-update, optionally accumulated over micro-batches, jitted once for the data-parallel mesh."""
+update, optionally accumulated over micro-batches, and several such steps in one jitted call."""
 
 import functools
 
@@ -129,10 +129,26 @@ def train_step(
   return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
-  step = functools.partial(
-    train_step,
+def train_steps(
+  state: TrainState, x0_NxB: jax.Array, key: jax.Array, **step_kwargs
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """N consecutive `train_step`s in one `lax.scan`, each drawing from fold_in(key, its step).
+
+  Args:
+    state: the replicated train state.
+    x0_NxB: [N, B, ...] the batches of the N steps, each split over devices.
+    key: the run's training key.
+    **step_kwargs: `train_step`'s keyword arguments.
+
+  Returns:
+    (the state after N steps, metrics) with each of `train_step`'s metrics stacked to [N].
+  """
+  return jax.lax.scan(lambda s, x0: train_step(s, x0, key, **step_kwargs), state, x0_NxB)
+
+
+def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """`train_step`'s keyword arguments for this config."""
+  return dict(
     model=model,
     kind=models.parametrization_of(config.model),
     sched=sched,
@@ -145,10 +161,26 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
     grad_accum_steps=config.training.grad_accum_steps,
     noise_sharding=sharding.batch_sharding(mesh),
   )
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
-    step,
+    functools.partial(train_step, **_step_kwargs(config, model, sched, mesh)),
     in_shardings=(replicated, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+
+def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """jit(train_steps) for this config: state replicated and donated, batches [N, B, ...] split
+  over 'data' along B. Each N compiles once."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+    functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh)),
+    in_shardings=(replicated, sharding.frames_sharding(mesh), replicated),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
