@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 128  # global batch, split over all devices
+  training.grad_accum_steps = 1  # k micro-batches per update of the whole batch, to fit memory
+  # steps per jitted call, less host overhead for small models; log_every, checkpoint_every,
+  # sample_every and eval.every_steps must be multiples of it
+  training.steps_per_call = 1
   training.num_train_steps = 800_000
   training.ema_decay = 0.9999
   training.log_every = 100

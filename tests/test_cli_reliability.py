@@ -215,6 +215,10 @@ def test_folder_and_npz_data_need_a_path(tmp_path):
     (["--config.data.image_size=-8"], "config field data.image_size must be at least 1; got -8"),
     (["--config.data.image_size=0"], "config field data.image_size must be at least 1; got 0"),
     (
+      ["--config.training.steps_per_call=3"],
+      "config field training.log_every must be a multiple of training.steps_per_call 3; got 2",
+    ),
+    (
       ["--config.training.num_train_stepz=3"],
       "no such config field 'num_train_stepz'; Did you mean \"num_train_steps\"",
     ),

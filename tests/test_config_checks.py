@@ -37,6 +37,8 @@ def test_every_field_has_a_check():
     ("sampling.sampler", "euler", "sampling.sampler must be one of 'ancestral'"),
     ("data.random_flip", 1, "data.random_flip must be True or False"),
     ("model.dtype", "float16", "model.dtype must be one of 'float32', 'bfloat16'"),
+    ("training.grad_accum_steps", 0, "training.grad_accum_steps must be at least 1; got 0"),
+    ("training.steps_per_call", 2.0, "training.steps_per_call must be an integer"),
   ],
 )
 def test_bad_values_name_the_field(field, value, message):
@@ -62,3 +64,25 @@ def test_unknown_and_missing_fields_are_errors():
   del config.eval["steps"]
   with pytest.raises(ValueError, match="config field eval.steps is missing"):
     config_checks.check_config(config)
+
+
+@pytest.mark.parametrize(
+  "field, value, what",
+  [
+    ("training.log_every", 15, "a multiple"),
+    ("training.checkpoint_every", 5, "a multiple"),
+    ("training.sample_every", 25, "0 or a multiple"),
+    ("eval.every_steps", 1, "0 or a multiple"),
+  ],
+)
+def test_periods_must_be_whole_calls_of_steps_per_call(field, value, what):
+  config = importlib.import_module("configs.toy2d").get_config()
+  config.training.steps_per_call = 10
+  config_checks.check_config(config)  # its periods are all multiples of 10 (eval is off)
+  group, name = field.split(".")
+  config[group][name] = value
+  with pytest.raises(ValueError) as info:
+    config_checks.check_config(config)
+  assert str(info.value) == (
+    f"config field {field} must be {what} of training.steps_per_call 10; got {value}"
+  )

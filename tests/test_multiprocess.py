@@ -187,9 +187,13 @@ def test_training_matches_one_process_and_resumes_on_one(toy_run, tmp_path):
   assert_same_params(one, two)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(toy_run, tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 5])
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(
+  toy_run, tmp_path, steps_per_call
+):
   """Two processes resume a one-process checkpoint; SIGTERM to one of them stops both at the same
-  step; one process resumes that and ends where an uninterrupted one-process run does."""
+  step (the end of a call); one process resumes that and ends where an uninterrupted one-process
+  run does."""
   config, one = toy_run
   workdir = str(tmp_path / "run")
   shutil.copytree(one, workdir)
@@ -198,6 +202,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(toy_run, 
   config = tiny_configs.toy(num_train_steps=100_000)
   config.training.checkpoint_every = 100_000
   config.training.sample_every = 0
+  config.training.steps_per_call = steps_per_call
   flags = _cli_flags(config, "configs/toy2d.py")
   job = TwoProcesses(tmp_path / "logs", "train.py", *flags, f"--workdir={workdir}")
   metrics = os.path.join(workdir, "metrics.jsonl")
@@ -216,6 +221,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(toy_run, 
   steps = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")))
   assert len(steps) == 2 and steps[0] == 10 and steps[1] > 10, steps
   saved = steps[1]
+  assert saved % steps_per_call == 0
   for out in outputs:
     assert re.findall(r"SIGTERM: saved a checkpoint at step (\d+)", out) == [str(saved)]
   config.training.num_train_steps = saved + 5

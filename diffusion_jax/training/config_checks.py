@@ -111,6 +111,8 @@ FIELD_CHECKS: dict[str, Check] = {
   "diffusion.beta_start": _number(0.0, 1.0, lo_open=True, hi_open=True),
   "diffusion.beta_end": _number(0.0, 1.0, lo_open=True, hi_open=True),
   "training.batch_size": _POSITIVE,
+  "training.grad_accum_steps": _POSITIVE,
+  "training.steps_per_call": _POSITIVE,
   "training.num_train_steps": _NON_NEGATIVE,
   "training.ema_decay": _PROBABILITY,
   "training.log_every": _POSITIVE,
@@ -148,7 +150,8 @@ FIELD_CHECKS: dict[str, Check] = {
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Checks that the config has exactly the known fields, each of the right type and range.
+  """Checks that the config has exactly the known fields, each of the right type and range, and
+  that the periods of logging, checkpoints, previews and evaluations fit training.steps_per_call.
 
   Raises:
     ValueError: one line naming the first field that is unknown, missing or wrong.
@@ -163,3 +166,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     problem = check(flat[field])
     if problem:
       raise ValueError(f"config field {field} {problem}; got {flat[field]!r}")
+  _check_steps_per_call(flat)
+
+
+def _check_steps_per_call(flat: dict[str, Any]) -> None:
+  """Logs, checkpoints, previews and evaluations happen between jitted calls of steps_per_call
+  steps, so their periods must be whole numbers of calls."""
+  per_call = flat["training.steps_per_call"]
+  for field in ("training.log_every", "training.checkpoint_every"):
+    if flat[field] % per_call:
+      raise ValueError(
+        f"config field {field} must be a multiple of training.steps_per_call {per_call}; "
+        f"got {flat[field]}"
+      )
+  for field in ("training.sample_every", "eval.every_steps"):  # where 0 turns them off
+    if flat[field] % per_call:
+      raise ValueError(
+        f"config field {field} must be 0 or a multiple of training.steps_per_call {per_call}; "
+        f"got {flat[field]}"
+      )

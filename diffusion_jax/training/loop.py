@@ -27,7 +27,7 @@ from diffusion_jax.training import (
   workdir_lock,
 )
 from diffusion_jax.training import state as train_state
-from diffusion_jax.training.step import make_train_step
+from diffusion_jax.training.step import make_train_steps
 
 
 class _StopRequest:
@@ -57,10 +57,16 @@ class _StopRequest:
       if self._multiprocess:
         signal.raise_signal(signal.SIGTERM)  # to the notifier, which tells every process
 
-  def reached(self, step: int) -> bool:
-    """Whether to save and stop after `step`; on several processes, all of them agree on it."""
+  def reached(self, call: int) -> bool:
+    """Whether to save and stop after this session's call-th jitted call (counted from 1); on
+    several processes, all of them agree on it.
+
+    The coordination service stops at the call after the latest any process has reported, so
+    every call must be reported, numbered without gaps (steps would skip numbers when a call
+    runs several of them).
+    """
     if self._multiprocess:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(call)
     return self.requested is not None
 
   def name(self) -> str:
@@ -77,9 +83,13 @@ def _last_good(ckpt: checkpoints.Checkpointer) -> str:
   return "No checkpoint was saved." if step is None else f"The last good checkpoint is step {step}."
 
 
-def _check_finite(host_metrics: list, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
-  """Raises at the first non-finite loss among the steps since the last check."""
-  for offset, loss in enumerate(m["loss"] for m in host_metrics):
+def _check_finite(losses: np.ndarray, first_step: int, ckpt: checkpoints.Checkpointer) -> None:
+  """Raises at the first non-finite loss among the steps since the last check.
+
+  Args:
+    losses: [steps] the loss of every step after first_step, in order.
+  """
+  for offset, loss in enumerate(losses):
     if not np.isfinite(loss):
       raise FloatingPointError(
         f"loss is {loss} at step {first_step + offset + 1}; training stopped. {_last_good(ckpt)}"
@@ -183,6 +193,12 @@ def _train(
   mesh = sharding.data_mesh()
   training = config.training
   sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
+  accum = training.grad_accum_steps
+  if training.batch_size % (accum * mesh.size):
+    raise ValueError(
+      f"training.batch_size {training.batch_size} must be a multiple of training.grad_accum_steps "
+      f"times the device count, {accum} x {mesh.size}: each micro-batch is split over the devices"
+    )
   sched = schedules.schedule_from_config(config.diffusion)
   ds = data.create_dataset(config.data, training.batch_size, config.seed)
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
@@ -214,40 +230,54 @@ def _train(
 
 def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state.TrainState:
   """The loop from the state's step to training.num_train_steps, with logging, previews,
-  evaluations, checkpoints and stopping on request."""
+  evaluations, checkpoints and stopping on request.
+
+  It runs training.steps_per_call = n steps per jitted call. Calls end at the multiples of n (a
+  resumed run's first call may be shorter to reach one) and at num_train_steps. Everything else
+  happens at call ends, which is why the periods of logs, checkpoints, previews and evaluations
+  must be multiples of n (config_checks).
+  """
   config, ckpt, writer = run.config, run.ckpt, run.writer
   training = config.training
-  train_step = make_train_step(config, run.model, run.sched, run.mesh)
-  start = int(state.step)
-  num_steps = training.num_train_steps
+  # Even one step per call goes through the scan: XLA may round a scan's body differently from a
+  # lone step, and this way steps_per_call changes the speed, never the result.
+  train_steps = make_train_steps(config, run.model, run.sched, run.mesh)
+  stacked_sharding = sharding.frames_sharding(run.mesh)
+  step = int(state.step)
+  num_steps, per_call = training.num_train_steps, training.steps_per_call
   stop_request = _StopRequest()
-  pending, last_check, last_time = [], start, time.perf_counter()
+  calls, pending, last_check, last_time = 0, [], step, time.perf_counter()
   # XLA's CPU client can deadlock when processes with several devices each queue many programs
-  # with cross-process collectives; there, wait for step s - 1 once step s is queued.
+  # with cross-process collectives; there, wait for call c - 1 once call c is queued.
   throttle = jax.process_count() > 1 and jax.default_backend() == "cpu"
   is_main = jax.process_index() == 0
-  bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
+  bar = tqdm.tqdm(total=num_steps, initial=step, desc="train", unit="step", disable=not is_main)
   try:
-    for step in range(start + 1, num_steps + 1):
-      x0 = sharding.shard_batch(next(batches), run.mesh)
-      state, step_metrics = train_step(state, x0, run.train_key)
-      pending.append(step_metrics)
+    while step < num_steps:
+      count = min(per_call - step % per_call, num_steps - step)
+      x0 = np.stack([next(batches) for _ in range(count)])
+      x0 = jax.make_array_from_process_local_data(stacked_sharding, x0)
+      state, call_metrics = train_steps(state, x0, run.train_key)
+      step, calls = step + count, calls + 1
+      pending.append(call_metrics)
       if throttle and len(pending) > 1:
         jax.block_until_ready(pending[-2])
-      bar.update(1)
+      bar.update(count)
       if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
         _write_preview(run, state, step)
       if run.quick_eval and step % config.eval.every_steps == 0:
         writer.write_scalars(step, run.quick_eval(state.ema_params))
-      # Decided once, after all of this step's work, so a stop request at any point is saved.
-      stop = stop_request.reached(step)
+      # Decided once, after all of this call's work, so a stop request at any point is saved.
+      stop = stop_request.reached(calls)
       save = step % training.checkpoint_every == 0 or step == num_steps or stop
       if save or step % training.log_every == 0:
-        host_metrics = jax.device_get(pending)  # one transfer for every step since the last log
-        _check_finite(host_metrics, last_check, ckpt)
+        # One transfer for every step since the last log, then [steps] arrays per metric.
+        host_metrics = jax.device_get(pending)
+        host_metrics = {k: np.concatenate([m[k] for m in host_metrics]) for k in host_metrics[0]}
+        _check_finite(host_metrics["loss"], last_check, ckpt)
         now = time.perf_counter()
-        scalars = {k: float(np.mean([m[k] for m in host_metrics])) for k in host_metrics[0]}
-        scalars["steps_per_sec"] = len(pending) / (now - last_time)
+        scalars = {k: float(np.mean(values)) for k, values in host_metrics.items()}
+        scalars["steps_per_sec"] = (step - last_check) / (now - last_time)
         scalars["images_per_sec"] = scalars["steps_per_sec"] * training.batch_size
         writer.write_scalars(step, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.4f}")

@@ -1,5 +1,5 @@
 """One training step (DDPM Algorithm 1, with any parametrization and loss weighting) plus the EMA
-update, jitted once for the data-parallel mesh."""
+update, optionally accumulated over micro-batches, and several such steps in one jitted call."""
 
 import functools
 
@@ -28,6 +28,7 @@ def train_step(
   weighting: str = "simple",
   min_snr_gamma: float = 5.0,
   vlb_weight: float = 0.001,
+  grad_accum_steps: int = 1,
   noise_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the diffusion loss (`losses.diffusion_loss`) plus the EMA update.
@@ -35,9 +36,17 @@ def train_step(
   Every random draw comes from fold_in(key, state.step), so a step is a pure function of
   (state, batch, key) and a resumed run repeats an uninterrupted one exactly.
 
+  With grad_accum_steps = k > 1 the forward and backward passes run over k micro-batches of
+  B / k examples in turn (a `lax.scan`, so only one micro-batch's activations are alive), and
+  their gradients are summed into the gradient of the whole batch's mean loss before the one
+  optimizer update. The timesteps, noise and flips are drawn for the whole batch exactly as with
+  k = 1, so the update is the same up to float rounding; dropout masks, drawn per micro-batch,
+  are not, so with dropout > 0 it is the same in distribution only.
+
   Args:
     state: the replicated train state.
-    x0: [B, ...] data batch, split over devices.
+    x0: [B, ...] data batch, split over devices; B must divide by grad_accum_steps times the
+      device count.
     key: the run's training key.
     model: the network, called as the `models` call contract says.
     kind: what it predicts.
@@ -46,6 +55,7 @@ def train_step(
     random_flip: flip images horizontally with probability 1/2.
     lr_schedule: the learning rate by step, for the logged metrics.
     weighting, min_snr_gamma, vlb_weight: the loss (see `losses`).
+    grad_accum_steps: micro-batches per update.
     noise_sharding: the batch's sharding, for the noise.
 
   Returns:
@@ -61,23 +71,54 @@ def train_step(
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
 
-  def loss_fn(params):
-    network = lambda x_t, t_B: models.apply(
-      model, params, x_t, t_B, train=True, rngs={"dropout": dropout_key}
+  def loss_fn(params, x0_M, t_M, noise_M, micro_dropout_key):
+    """The loss summed over M examples and divided by B: summed over the micro-batches, the whole
+    batch's mean."""
+    network = lambda x_t, timesteps: models.apply(
+      model, params, x_t, timesteps, train=True, rngs={"dropout": micro_dropout_key}
     )
-    loss_B = losses.diffusion_loss(
+    loss_M = losses.diffusion_loss(
       kind.denoiser(network),
       sched,
-      x0,
-      t,
-      noise,
+      x0_M,
+      t_M,
+      noise_M,
       weighting=weighting,
       min_snr_gamma=min_snr_gamma,
       vlb_weight=vlb_weight,
     )
-    return jnp.mean(loss_B)
+    return jnp.sum(loss_M) / batch
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn)
+  if grad_accum_steps == 1:
+    loss, grads = grad_fn(state.params, x0, t, noise, dropout_key)
+  else:
+    k = grad_accum_steps
+
+    def micro_batches(a_B):
+      # Micro-batch i takes rows i, i + k, i + 2k, ...: as each device holds a contiguous block of
+      # rows, every micro-batch is spread evenly over the devices without moving any data.
+      a_MxK = a_B.reshape(batch // k, k, *a_B.shape[1:])
+      if noise_sharding is None:
+        return a_MxK.swapaxes(0, 1)
+      # Said on both sides of the transpose: left to itself, XLA may shard the reshaped array
+      # along both axes and then gather it whole to reach the layout the scan needs.
+      a_MxK = jax.lax.with_sharding_constraint(a_MxK, noise_sharding)
+      mesh = noise_sharding.mesh
+      return jax.lax.with_sharding_constraint(a_MxK.swapaxes(0, 1), sharding.frames_sharding(mesh))
+
+    def micro_step(micro):
+      i, x0_M, t_M, noise_M = micro
+      return grad_fn(state.params, x0_M, t_M, noise_M, jax.random.fold_in(dropout_key, i))
+
+    def accumulate(total, micro):
+      return jax.tree.map(jnp.add, total, micro_step(micro)), None
+
+    micros = (jnp.arange(k), micro_batches(x0), micro_batches(t), micro_batches(noise))
+    # Zeros in the loss's and the gradients' own dtypes, whichever the network computes in.
+    zeros = jax.eval_shape(micro_step, jax.tree.map(lambda a: a[0], micros))
+    (loss, grads), _ = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, zeros), micros)
+
   new_state = state.apply_gradients(grads=grads)
   new_state = new_state.replace(
     ema_params=ema_update(state.ema_params, new_state.params, ema_decay)
@@ -88,10 +129,26 @@ def train_step(
   return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
-  step = functools.partial(
-    train_step,
+def train_steps(
+  state: TrainState, x0_NxB: jax.Array, key: jax.Array, **step_kwargs
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """N consecutive `train_step`s in one `lax.scan`, each drawing from fold_in(key, its step).
+
+  Args:
+    state: the replicated train state.
+    x0_NxB: [N, B, ...] the batches of the N steps, each split over devices.
+    key: the run's training key.
+    **step_kwargs: `train_step`'s keyword arguments.
+
+  Returns:
+    (the state after N steps, metrics) with each of `train_step`'s metrics stacked to [N].
+  """
+  return jax.lax.scan(lambda s, x0: train_step(s, x0, key, **step_kwargs), state, x0_NxB)
+
+
+def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """`train_step`'s keyword arguments for this config."""
+  return dict(
     model=model,
     kind=models.parametrization_of(config.model),
     sched=sched,
@@ -101,12 +158,29 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
     weighting=config.training.loss_weighting,
     min_snr_gamma=config.training.min_snr_gamma,
     vlb_weight=config.training.vlb_weight,
+    grad_accum_steps=config.training.grad_accum_steps,
     noise_sharding=sharding.batch_sharding(mesh),
   )
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
-    step,
+    functools.partial(train_step, **_step_kwargs(config, model, sched, mesh)),
     in_shardings=(replicated, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+
+def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """jit(train_steps) for this config: state replicated and donated, batches [N, B, ...] split
+  over 'data' along B. Each N compiles once."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+    functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh)),
+    in_shardings=(replicated, sharding.frames_sharding(mesh), replicated),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
