@@ -34,7 +34,7 @@ from diffusion_jax.evaluation import run_loading
 from diffusion_jax.metrics import feature_nets, inception
 from diffusion_jax.samplers import generation
 from diffusion_jax.training import state as train_state
-from diffusion_jax.training.step import make_train_step
+from diffusion_jax.training.step import make_train_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global training batch (default: the config's).")
@@ -84,20 +84,27 @@ class _TrainBench:
       out_shardings=sharding.replicated(self.mesh),
     )(jax.random.key(0))
     rng = np.random.default_rng(0)
+    self.per_call = config.training.steps_per_call
     x0 = rng.uniform(-1, 1, (batch_size, *self.shape)).astype(np.float32)
-    self.x0 = sharding.shard_batch(x0, self.mesh)
+    x0 = np.broadcast_to(x0, (self.per_call, *x0.shape))  # the same batch for each step of a call
+    self.x0 = jax.device_put(x0, sharding.frames_sharding(self.mesh))
     self.key = jax.random.key(1)
-    step = make_train_step(config, self.model, sched, self.mesh)
+    steps = make_train_steps(config, self.model, sched, self.mesh)
     start = time.perf_counter()
-    self.compiled = step.lower(self.state, self.x0, self.key).compile()
+    self.compiled = steps.lower(self.state, self.x0, self.key).compile()
     self.compile_s = time.perf_counter() - start
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    self.flops = float((cost or {}).get("flops", float("nan")))
+    self.flops = float((cost or {}).get("flops", float("nan"))) / self.per_call  # per step
     self.num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
 
+  def whole_calls(self, num_steps: int) -> int:
+    """num_steps rounded up to whole calls of training.steps_per_call."""
+    return -(-num_steps // self.per_call) * self.per_call
+
   def run(self, num_steps: int):
-    for _ in range(num_steps):
+    """Runs whole_calls(num_steps) training steps."""
+    for _ in range(self.whole_calls(num_steps) // self.per_call):
       self.state, metrics = self.compiled(self.state, self.x0, self.key)
     return metrics
 
@@ -193,7 +200,7 @@ def _torch_rows(config, bench: _TrainBench, batch_size: int) -> list[str]:
     return loss
 
   torch_step()  # warm-up (allocations, kernel choice)
-  steps = _TRAIN_STEPS.value
+  steps = bench.whole_calls(_TRAIN_STEPS.value)
   ours, theirs = [], []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
@@ -221,13 +228,15 @@ def main(argv):
   batch_size = _BATCH.value or config.training.batch_size
   bench = _TrainBench(config, batch_size)
   bench.run(1)  # the first run of a compiled program allocates its buffers
-  seconds = _median_seconds(lambda: bench.run(_TRAIN_STEPS.value), _REPEATS.value)
-  steps_per_s = _TRAIN_STEPS.value / seconds
+  steps = bench.whole_calls(_TRAIN_STEPS.value)
+  seconds = _median_seconds(lambda: bench.run(steps), _REPEATS.value)
+  steps_per_s = steps / seconds
   tflops = bench.flops * steps_per_s / 1e12
   mfu = f"{100 * tflops / _PEAK.value:.1f}%" if _PEAK.value else "-"
   device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   options = (
-    f"{config.model.get('dtype', 'float32')}{', remat' if config.model.get('remat') else ''}"
+    f"{config.model.dtype}{', remat' if config.model.remat else ''}, "
+    f"{config.training.grad_accum_steps} micro-batches, {bench.per_call} steps per call"
   )
   name = config_flags.get_config_filename(flags.FLAGS["config"])
   print(f"\n{device}, {name}, {bench.num_params:,} parameters, {options}\n")
