@@ -95,7 +95,8 @@ class _TrainBench:
     self.compile_s = time.perf_counter() - start
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    self.flops = float((cost or {}).get("flops", float("nan"))) / self.per_call  # per step
+    # The cost analysis counts a loop's body once, so this is one step's even with a scan of N.
+    self.flops = float((cost or {}).get("flops", float("nan")))
     self.num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
 
   def whole_calls(self, num_steps: int) -> int:
