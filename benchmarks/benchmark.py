@@ -34,7 +34,7 @@ from diffusion_jax.evaluation import run_loading
 from diffusion_jax.metrics import feature_nets, inception
 from diffusion_jax.samplers import generation
 from diffusion_jax.training import state as train_state
-from diffusion_jax.training.step import make_train_steps
+from diffusion_jax.training.step import make_train_step, make_train_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global training batch (default: the config's).")
@@ -84,12 +84,18 @@ class _TrainBench:
       out_shardings=sharding.replicated(self.mesh),
     )(jax.random.key(0))
     rng = np.random.default_rng(0)
-    self.per_call = config.training.steps_per_call
     x0 = rng.uniform(-1, 1, (batch_size, *self.shape)).astype(np.float32)
-    x0 = np.broadcast_to(x0, (self.per_call, *x0.shape))  # the same batch for each step of a call
-    self.x0 = jax.device_put(x0, sharding.frames_sharding(self.mesh))
     self.key = jax.random.key(1)
-    steps = make_train_steps(config, self.model, sched, self.mesh)
+    # What training runs: on the CPU every step is its own program (make_train_steps).
+    if jax.default_backend() == "cpu":
+      self.per_call = 1
+      self.x0 = sharding.shard_batch(x0, self.mesh)
+      steps = make_train_step(config, self.model, sched, self.mesh)
+    else:
+      self.per_call = config.training.steps_per_call
+      x0 = np.broadcast_to(x0, (self.per_call, *x0.shape))  # the same batch for every step
+      self.x0 = jax.device_put(x0, sharding.frames_sharding(self.mesh))
+      steps = make_train_steps(config, self.model, sched, self.mesh)
     start = time.perf_counter()
     self.compiled = steps.lower(self.state, self.x0, self.key).compile()
     self.compile_s = time.perf_counter() - start
@@ -237,7 +243,8 @@ def main(argv):
   device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   options = (
     f"{config.model.dtype}{', remat' if config.model.remat else ''}, "
-    f"{config.training.grad_accum_steps} micro-batches, {bench.per_call} steps per call"
+    f"{config.training.grad_accum_steps} micro-batches, "
+    f"{config.training.steps_per_call} steps per call"
   )
   name = config_flags.get_config_filename(flags.FLAGS["config"])
   print(f"\n{device}, {name}, {bench.num_params:,} parameters, {options}\n")

@@ -14,6 +14,7 @@ from diffusion_jax import data, models, schedules, sharding
 from diffusion_jax.training import checkpoints, run_config
 from diffusion_jax.training import loop as train_loop
 from diffusion_jax.training import state as train_state
+from diffusion_jax.training import step as train_step_module
 from diffusion_jax.training.step import make_train_step
 from tests import tiny_configs
 
@@ -392,6 +393,30 @@ def test_several_steps_per_call_train_exactly_as_one(tmp_path):
     train_loop.train_and_evaluate(_toy_per_call(30, 5), one),
     train_loop.train_and_evaluate(_toy_per_call(30, 1), five),
   )
+
+
+def test_the_scan_of_several_steps_matches_them_one_by_one():
+  """The accelerators' path of steps_per_call (a lax.scan, not used on the CPU), jitted here."""
+  config = tiny_configs.toy()
+  mesh = sharding.data_mesh()
+  model = models.create_model(config)
+  sched = schedules.schedule_from_config(config.diffusion)
+  ds = data.create_dataset(config.data, config.training.batch_size, config.seed)
+  batches = np.stack([ds.get_batch(i) for i in range(4)])
+  state, _ = _state_and_batch(config, mesh)
+  kwargs = train_step_module._step_kwargs(config, model, sched, mesh)
+  scanned = jax.jit(lambda s, x: train_step_module.train_steps(s, x, jax.random.key(1), **kwargs))
+  one = make_train_step(config, model, sched, mesh)
+  by_scan, scan_metrics = scanned(state, batches)
+  by_steps, step_metrics = state, []
+  for x0 in batches:
+    by_steps, metrics = one(by_steps, sharding.shard_batch(x0, mesh), jax.random.key(1))
+    step_metrics.append(metrics)
+  assert int(by_scan.step) == int(by_steps.step) == 4
+  for name in ("loss", "grad_norm", "lr"):
+    np.testing.assert_allclose(scan_metrics[name], [m[name] for m in step_metrics], rtol=1e-6)
+  for a, b in [(by_scan.params, by_steps.params), (by_scan.opt_state, by_steps.opt_state)]:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
 
 
 def test_sigterm_during_a_call_saves_its_end_and_the_resumed_run_is_exact(tmp_path, monkeypatch):

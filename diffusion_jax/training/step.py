@@ -2,6 +2,8 @@
 update, optionally accumulated over micro-batches, and several such steps in one jitted call."""
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,23 @@ from flax import linen as nn
 from diffusion_jax import losses, models, parametrization, sharding
 from diffusion_jax.schedules import Schedule
 from diffusion_jax.training.state import TrainState, ema_update, learning_rate_schedule
+
+
+def scan_or_unroll(body: Callable, carry: Any, xs: Any) -> tuple[Any, Any]:
+  """`jax.lax.scan(body, carry, xs)`, except on the CPU, where the loop is unrolled while tracing.
+
+  XLA's CPU backend runs convolutions inside a loop (a scan, even of length 1, or its unroll=True
+  form, which keeps a one-trip while loop) far slower than the same ops outside one: measured 25x
+  for a training step of the digits U-Net. Unrolled, the program grows with the trip count, and so
+  does its compile time.
+  """
+  if jax.default_backend() != "cpu":
+    return jax.lax.scan(body, carry, xs)
+  outs = []
+  for i in range(jax.tree.leaves(xs)[0].shape[0]):
+    carry, out = body(carry, jax.tree.map(lambda x, i=i: x[i], xs))
+    outs.append(out)
+  return carry, jax.tree.map(lambda *o: jnp.stack(o), *outs)
 
 
 def train_step(
@@ -117,7 +136,7 @@ def train_step(
     micros = (jnp.arange(k), micro_batches(x0), micro_batches(t), micro_batches(noise))
     # Zeros in the loss's and the gradients' own dtypes, whichever the network computes in.
     zeros = jax.eval_shape(micro_step, jax.tree.map(lambda a: a[0], micros))
-    (loss, grads), _ = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, zeros), micros)
+    (loss, grads), _ = scan_or_unroll(accumulate, jax.tree.map(jnp.zeros_like, zeros), micros)
 
   new_state = state.apply_gradients(grads=grads)
   new_state = new_state.replace(
@@ -176,7 +195,24 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
 
 def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
   """jit(train_steps) for this config: state replicated and donated, batches [N, B, ...] split
-  over 'data' along B. Each N compiles once."""
+  over 'data' along B. Each N compiles once.
+
+  On the CPU it runs the N steps as N calls of `make_train_step`'s program instead: XLA's CPU
+  backend runs convolutions inside a loop far slower than outside one (25x for the digits U-Net),
+  and an unrolled program rounds differently from a lone step, which would break exact resume.
+  The CPU loses nothing by it, as it is not kept waiting on Python between steps.
+  """
+  if jax.default_backend() == "cpu":
+    one_step = make_train_step(config, model, sched, mesh)
+
+    def step_by_step(state, x0_NxB, key):
+      metrics = []
+      for i in range(x0_NxB.shape[0]):
+        state, step_metrics = one_step(state, x0_NxB[i], key)
+        metrics.append(step_metrics)
+      return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+
+    return step_by_step
   replicated = sharding.replicated(mesh)
   return jax.jit(
     functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh)),
