@@ -7,7 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import ZERO_ISH_SCALE, default_init, timestep_embedding
+from diffusion_jax.models.layers import (
+  ZERO_ISH_SCALE,
+  default_init,
+  label_embedding,
+  timestep_embedding,
+)
 
 GN_EPSILON = 1e-6  # tf.contrib.layers.group_norm's, which the original uses
 
@@ -142,15 +147,26 @@ class UNet(nn.Module):
   num_groups: int = 32
   resamp_with_conv: bool = True
   outputs_per_channel: int = 1  # 2 with a learned variance: the prediction, then the variance
+  # > 0: class-conditional on labels 0..num_classes-1, label num_classes being the null class;
+  # 0: unconditional, with the parameters of the unconditional DDPM U-Net
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x_BxHxWxC: jax.Array,
+    t_B: jax.Array,
+    train: bool = False,
+    y_B: jax.Array | None = None,
+  ) -> jax.Array:
     """Predicts the noise in x_t (or x0 or v, as trained; see `parametrization`).
 
     Args:
       x_BxHxWxC: [B, H, W, C] noisy images x_t, square.
       t_B: [B] timestep indices (int or float).
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
+      y_B: [B] int class labels in 0..num_classes (num_classes: the null class) for a
+        conditional network; None: the null class.
 
     Returns:
       [B, H, W, C * outputs_per_channel]: the prediction (e.g. eps), then any variance channels.
@@ -163,6 +179,7 @@ class UNet(nn.Module):
     temb = timestep_embedding(t_B, self.ch)
     temb = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense0")(temb)
     temb_BxE = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense1")(nn.silu(temb))
+    temb_BxE = temb_BxE + label_embedding(self.num_classes, 4 * self.ch, y_B, x_BxHxWxC.shape[0])
 
     def res(h, out_ch, name):
       return ResnetBlock(out_ch, self.dropout, self.num_groups, name=name)(h, temb_BxE, train)
