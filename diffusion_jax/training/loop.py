@@ -184,7 +184,13 @@ def _train(
   training = config.training
   sharding.check_batch_size(training.batch_size, mesh, "training.batch_size")
   sched = schedules.schedule_from_config(config.diffusion)
-  ds = data.create_dataset(config.data, training.batch_size, config.seed)
+  num_classes = models.num_classes_of(model)
+  ds = data.create_dataset(config.data, training.batch_size, config.seed, labeled=num_classes > 0)
+  if ds.num_classes > num_classes:
+    raise ValueError(
+      f"the data has {ds.num_classes} classes but model.num_classes is {num_classes}; set "
+      f"model.num_classes={ds.num_classes}"
+    )
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
   quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
 
@@ -193,12 +199,14 @@ def _train(
   try:
     state = _restore_or_init(config, model, ds.example_shape, mesh, ckpt, init_key)
     start = int(state.step)
-    batches = ds.iterate(start)
+    batches = ds.iterate(start, labeled=num_classes > 0)
     first_batch = next(batches)  # reads (and so checks) data before the run is recorded
     is_main = jax.process_index() == 0
     if is_main:
       # A resumed run may change how it trains, but not what it models.
       run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
+      if num_classes:
+        run_config.save_class_names(workdir, ds.class_names)
     resume_step = start if start else None
     writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
     run = _Run(
@@ -229,8 +237,14 @@ def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state
   bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=not is_main)
   try:
     for step in range(start + 1, num_steps + 1):
-      x0 = sharding.shard_batch(next(batches), run.mesh)
-      state, step_metrics = train_step(state, x0, run.train_key)
+      batch = next(batches)
+      if isinstance(batch, tuple):  # (images, labels) of a class-conditional run
+        x0, labels = (sharding.shard_batch(part, run.mesh) for part in batch)
+        state, step_metrics = train_step(state, x0, run.train_key, labels)
+      else:
+        state, step_metrics = train_step(
+          state, sharding.shard_batch(batch, run.mesh), run.train_key
+        )
       pending.append(step_metrics)
       if throttle and len(pending) > 1:
         jax.block_until_ready(pending[-2])
@@ -302,8 +316,13 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
 
 
 def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
-  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
+  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter); a
+  conditional model draws the classes in turn (one per grid column), guided by sampling.guidance."""
   config = run.config
+  num_classes = models.num_classes_of(run.model)
+  labels = None
+  if num_classes:
+    labels = np.arange(config.training.num_sample_images) % num_classes
   samples, _ = generation.generate(
     run.model,
     models.parametrization_of(config.model),
@@ -316,6 +335,8 @@ def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
     run.mesh,
     samplers.spec_from_config(config.sampling),
     progress=False,
+    labels=labels,
+    guidance_scale=config.sampling.guidance if num_classes else 0.0,
   )
   if jax.process_index() != 0:
     return

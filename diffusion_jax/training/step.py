@@ -18,6 +18,7 @@ def train_step(
   state: TrainState,
   x0: jax.Array,
   key: jax.Array,
+  labels: jax.Array | None = None,
   *,
   model: nn.Module,
   kind: parametrization.Parametrization,
@@ -28,6 +29,7 @@ def train_step(
   weighting: str = "simple",
   min_snr_gamma: float = 5.0,
   vlb_weight: float = 0.001,
+  label_dropout: float = 0.0,
   noise_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the diffusion loss (`losses.diffusion_loss`) plus the EMA update.
@@ -39,6 +41,7 @@ def train_step(
     state: the replicated train state.
     x0: [B, ...] data batch, split over devices.
     key: the run's training key.
+    labels: int [B] class labels for a class-conditional model, split like x0; None otherwise.
     model: the network, called as the `models` call contract says.
     kind: what it predicts.
     sched: the schedule.
@@ -46,12 +49,15 @@ def train_step(
     random_flip: flip images horizontally with probability 1/2.
     lr_schedule: the learning rate by step, for the logged metrics.
     weighting, min_snr_gamma, vlb_weight: the loss (see `losses`).
+    label_dropout: the probability that a label is replaced by the null class (the model's
+      num_classes), which trains the unconditional model of classifier-free guidance.
     noise_sharding: the batch's sharding, for the noise.
 
   Returns:
     (new state, metrics) with scalar `loss`, `grad_norm` and, with lr_schedule, `lr`.
   """
-  flip_key, t_key, noise_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step), 4)
+  step_key = jax.random.fold_in(key, state.step)
+  flip_key, t_key, noise_key, dropout_key = jax.random.split(step_key, 4)
   batch = x0.shape[0]
   if random_flip and x0.ndim == 4:
     flip = jax.random.bernoulli(flip_key, 0.5, (batch,))
@@ -61,9 +67,14 @@ def train_step(
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
 
+  if labels is not None and label_dropout > 0:
+    # Its own fold, so the draws of an unconditional run stay what they were.
+    drop = jax.random.bernoulli(jax.random.fold_in(step_key, 4), label_dropout, labels.shape)
+    labels = jnp.where(drop, models.num_classes_of(model), labels)
+
   def loss_fn(params):
     network = lambda x_t, t_B: models.apply(
-      model, params, x_t, t_B, train=True, rngs={"dropout": dropout_key}
+      model, params, x_t, t_B, train=True, rngs={"dropout": dropout_key}, labels=labels
     )
     loss_B = losses.diffusion_loss(
       kind.denoiser(network),
@@ -89,7 +100,10 @@ def train_step(
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
+  """jit(train_step) for this config: state replicated and donated, batch split over 'data'.
+
+  A class-conditional model (models.num_classes_of > 0) is called step(state, x0, key, labels).
+  """
   step = functools.partial(
     train_step,
     model=model,
@@ -101,12 +115,16 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
     weighting=config.training.loss_weighting,
     min_snr_gamma=config.training.min_snr_gamma,
     vlb_weight=config.training.vlb_weight,
+    label_dropout=config.training.label_dropout,
     noise_sharding=sharding.batch_sharding(mesh),
   )
-  replicated = sharding.replicated(mesh)
+  replicated, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  in_shardings = (replicated, batch, replicated)
+  if models.num_classes_of(model):
+    in_shardings += (batch,)  # labels [B], split like the images
   return jax.jit(
     step,
-    in_shardings=(replicated, sharding.batch_sharding(mesh), replicated),
+    in_shardings=in_shardings,
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
