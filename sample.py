@@ -1,7 +1,10 @@
 """Samples from a trained run: python sample.py --workdir=runs/cifar10 [--sampler=ddim --steps=50].
 
 Writes <out>/samples.png and <out>/samples.npz (uint8 NHWC images, the format FID tools read; float
-points for 2D data), and with --gif an animation of the reverse process.
+points for 2D data), and with --gif an animation of the reverse process. A class-conditional run
+takes --labels=3,3,7 (indices or class names) or --per_class=N (a grid with one row per class)
+and --guidance=w (classifier-free guidance; default the config's sampling.guidance); samples.npz
+then also holds the `labels` drawn.
 """
 
 import os
@@ -27,6 +30,18 @@ _spec_from_flags = cli_flags.define_sampler_flags()
 _GIF = flags.DEFINE_bool(
   "gif", False, "Also write reverse.gif, an animation of the reverse process."
 )
+_LABELS = flags.DEFINE_list(
+  "labels", None, "Conditional runs: the class of each sample (indices or class names)."
+)
+_PER_CLASS = flags.DEFINE_integer(
+  "per_class", None, "Conditional runs: N samples of every class, one grid row each.", lower_bound=1
+)
+_GUIDANCE = flags.DEFINE_float(
+  "guidance",
+  None,
+  "Conditional runs: classifier-free guidance scale w (default: the config's sampling.guidance).",
+  lower_bound=0.0,
+)
 _RAW = flags.DEFINE_bool("raw_params", False, "Sample from the raw params instead of the EMA.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs already in --out.")
 _initialize_distributed = cli_flags.define_distributed_flags()
@@ -49,8 +64,21 @@ def main(argv):
       raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
     spec = _spec_from_flags(run.config.sampling)
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
+    labels = sample_outputs.class_labels(run, _LABELS.value, _PER_CLASS.value, _NUM_SAMPLES.value)
+    guidance = run.config.sampling.guidance if _GUIDANCE.value is None else _GUIDANCE.value
+    if labels is None and _GUIDANCE.value:
+      raise ValueError("--guidance needs a class-conditional run (model.num_classes > 0)")
     paths, nfe = sample_outputs.sample_and_save(
-      run, out, _NUM_SAMPLES.value, batch_size, _SEED.value, spec, _GIF.value
+      run,
+      out,
+      _NUM_SAMPLES.value,
+      batch_size,
+      _SEED.value,
+      spec,
+      _GIF.value,
+      labels=labels,
+      guidance_scale=guidance if labels is not None else 0.0,
+      ncols=_PER_CLASS.value,
     )
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -317,7 +317,8 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
 
 def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
   """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter); a
-  conditional model draws the classes in turn (one per grid column), guided by sampling.guidance."""
+  conditional model draws the classes in turn, one class per grid column, guided by
+  sampling.guidance."""
   config = run.config
   num_classes = models.num_classes_of(run.model)
   labels = None
@@ -345,5 +346,5 @@ def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
   if not run.ds.is_image:  # over the first points of all the data, not of this process's share
     whole = data.create_dataset(config.data, 1, config.seed, process_index=0, process_count=1)
     reference = whole.data_samples(min(2000, whole.num_examples))
-  picture = images.save_preview(path, samples, reference)
+  picture = images.save_preview(path, samples, reference, ncols=num_classes or None)
   run.writer.write_images(step, {"samples": picture})
