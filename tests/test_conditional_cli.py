@@ -1,6 +1,7 @@
 """train.py and sample.py on a tiny class-conditional digits run: labels, per-class grids,
 guidance, and one-line errors for labels a run cannot take."""
 
+import json
 import os
 import types
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from diffusion_jax.cli import sample_outputs
+from diffusion_jax.evaluation import scoring
 from tests.scripts import assert_fails_cleanly, run_script
 from tests.test_cli import DIGITS_FLAGS
 
@@ -34,6 +36,20 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
 
   bad = run_script("sample.py", *args, "--labels=3,10", f"--out={tmp_path / 'bad'}")
   assert_fails_cleanly(bad, "unknown class label '10'; give 0..9 or one of 0, 1")
+
+  # evaluate.py draws the classes in turn and adds the digits classifier's accuracy on them.
+  flags = ["--num_samples=20", "--batch_size=8", "--sampler=ddim", "--steps=4", "--metrics=fid"]
+  proc = run_script("evaluate.py", f"--workdir={workdir}", *flags, "--guidance=2", check=True)
+  with open(proc.stdout.strip().splitlines()[-1]) as f:
+    results = json.load(f)
+  assert results["guidance"] == 2.0 and 0.0 <= results["accuracy"] <= 1.0
+  assert len(results["per_class_accuracy"]) == 10 and np.isfinite(results["fid"])
+
+
+def test_class_accuracy():
+  logits = np.eye(3)[[0, 1, 2, 2]]
+  got = scoring.class_accuracy(logits, np.array([0, 1, 1, 2]))
+  assert got["accuracy"] == 0.75 and got["per_class_accuracy"] == [1.0, 0.5, 1.0]
 
 
 def test_class_labels_of_runs():

@@ -40,7 +40,11 @@ class Examples:
 
 
 def image_examples(
-  images: ImageSource, image_size: int, center_crop: bool, num_channels: int
+  images: ImageSource,
+  image_size: int,
+  center_crop: bool,
+  num_channels: int,
+  labeled: bool = False,
 ) -> Examples:
   """Decodes and preprocesses images lazily, one index at a time.
 
@@ -49,6 +53,7 @@ def image_examples(
     image_size: output side length S.
     center_crop: crop the central square before resizing.
     num_channels: 1 or 3.
+    labeled: also serve the source's class labels (it must have class_names).
 
   Returns:
     Examples of shape (S, S, num_channels) in [-1, 1].
@@ -66,7 +71,9 @@ def image_examples(
     labels = np.array([label for _, label in items], np.int32)
     return np.stack([prepare(image) for image, _ in items]), labels
 
-  class_names = tuple(getattr(images, "class_names", ()))
+  class_names = tuple(getattr(images, "class_names", ())) if labeled else ()
+  if labeled and not class_names:
+    raise ValueError(f"{type(images).__name__} has no class labels")
   return Examples(
     load,
     len(images),

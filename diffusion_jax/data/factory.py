@@ -30,7 +30,9 @@ def _examples(data: ml_collections.ConfigDict, seed: int, labeled: bool) -> exam
     return examples.vector_examples(points, labels, builtin.toy_class_names(data.name))
   else:
     raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
-  return examples.image_examples(images, data.image_size, data.center_crop, data.num_channels)
+  return examples.image_examples(
+    images, data.image_size, data.center_crop, data.num_channels, labeled
+  )
 
 
 def create_dataset(
