@@ -65,12 +65,17 @@ def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key
 
 
 def class_labels(
-  run: LoadedRun, labels: list[str] | None, per_class: int | None, num_samples: int
+  run: LoadedRun,
+  labels: list[str] | None,
+  per_class: int | None,
+  num_samples: int,
+  classes_of: tuple[int, tuple[str, ...]] | None = None,
 ) -> np.ndarray | None:
-  """The class of each sample to draw: the listed labels (indices or the run's class names),
-  per_class of every class in turn (one grid row per class), or all classes in turn; None for an
-  unconditional run, which refuses labels."""
-  k = run.num_classes
+  """The class of each sample to draw: the listed labels (indices or class names), per_class of
+  every class in turn (one grid row per class), or all classes in turn; None for an
+  unconditional run, which refuses labels. classes_of = (number, names) of a guiding classifier's
+  classes replaces the run's."""
+  k, names = classes_of or (run.num_classes, run.class_names)
   if not k:
     if labels or per_class:
       raise ValueError("this run is unconditional (model.num_classes=0); it takes no labels")
@@ -81,7 +86,7 @@ def class_labels(
     return np.repeat(np.arange(k, dtype=np.int32), per_class)
   if not labels:
     return np.arange(num_samples, dtype=np.int32) % k
-  index = {name: i for i, name in enumerate(run.class_names)}
+  index = {name: i for i, name in enumerate(names)}
   out = []
   for label in labels:
     if label in index:
@@ -89,8 +94,8 @@ def class_labels(
     elif label.lstrip("-").isdigit() and 0 <= int(label) < k:
       out.append(int(label))
     else:
-      names = f" or one of {', '.join(run.class_names)}" if run.class_names else ""
-      raise ValueError(f"unknown class label {label!r}; give 0..{k - 1}{names}")
+      listed = f" or one of {', '.join(names)}" if names else ""
+      raise ValueError(f"unknown class label {label!r}; give 0..{k - 1}{listed}")
   return np.array(out, np.int32)
 
 
@@ -106,12 +111,15 @@ def sample_and_save(
   labels: np.ndarray | None = None,
   guidance_scale: float = 0.0,
   ncols: int | None = None,
+  classifier: tuple | None = None,
+  classifier_scale: float = 1.0,
 ) -> tuple[list[str], float]:
   """Writes samples.npz (uint8 NHWC images, or float32 points; with labels also `labels`),
   samples.png and optionally reverse.gif (the sampler's chain) into out_dir.
 
   A conditional run draws sample i of class labels[i] (num_samples is then len(labels)) with
-  classifier-free guidance of scale guidance_scale; ncols sets the grid's images per row.
+  classifier-free guidance of scale guidance_scale, and with a (classifier module, params) also
+  classifier guidance of scale classifier_scale; ncols sets the grid's images per row.
 
   Returns:
     (the paths written, network evaluations per sample).
@@ -133,6 +141,8 @@ def sample_and_save(
     spec,
     labels=labels,
     guidance_scale=guidance_scale,
+    classifier=classifier,
+    classifier_scale=classifier_scale,
   )
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:

@@ -18,13 +18,17 @@ import jax
 import ml_collections
 
 from diffusion_jax import guidance, parametrization
+from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
 
 __all__ = [
   "MLP",
+  "NoisyClassifier",
   "UNet",
   "apply",
+  "classifier_log_prob",
+  "create_classifier",
   "create_model",
   "denoiser",
   "init",
@@ -104,6 +108,26 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       raise ValueError(f"model.name {m.name!r} with model.kwargs {kwargs}: {e}") from None
   raise ValueError(
     f"unknown model.name {m.name!r}; valid: {', '.join(_MODEL_NAMES)} or 'package.module:Class'"
+  )
+
+
+def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
+  """The noisy-image classifier config.model describes (U-Net fields, num_classes > 0)."""
+  m = config.model
+  if m.num_classes < 1:
+    raise ValueError("a classifier needs model.num_classes > 0")
+  if config.data.source == "builtin" and config.data.name != "digits":
+    raise ValueError("the noisy classifier takes images; 2D toy data has none")
+  check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
+  return NoisyClassifier(
+    num_classes=m.num_classes,
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    dropout=m.dropout,
+    num_groups=m.num_groups,
+    resamp_with_conv=m.resamp_with_conv,
   )
 
 
@@ -196,3 +220,15 @@ def denoiser(
     learned_variance=kind.learned_variance,
   )
   return kind.denoiser(network)
+
+
+def classifier_log_prob(model: nn.Module, params) -> guidance.ClassifierLogProb:
+  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_guided`
+  takes."""
+
+  def log_prob(x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    logits = apply(model, params, x_t, t, train=False)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return jax.numpy.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
+
+  return log_prob

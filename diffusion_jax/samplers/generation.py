@@ -13,7 +13,7 @@ import tqdm
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from diffusion_jax import models, parametrization, sharding
+from diffusion_jax import guidance, models, parametrization, sharding
 from diffusion_jax.samplers import registry
 from diffusion_jax.schedules import Schedule
 
@@ -30,6 +30,8 @@ from diffusion_jax.schedules import Schedule
     "spec",
     "trajectory_every",
     "guidance_scale",
+    "classifier_model",
+    "classifier_scale",
   ),
 )
 def _sample_batch(
@@ -37,6 +39,7 @@ def _sample_batch(
   sched,
   key,
   labels,
+  classifier_params,
   *,
   model,
   kind,
@@ -45,12 +48,19 @@ def _sample_batch(
   spec,
   trajectory_every,
   guidance_scale,
+  classifier_model,
+  classifier_scale,
 ):
   batch = sharding.batch_sharding(mesh)
   if labels is not None:
     labels = jax.lax.with_sharding_constraint(labels, batch)
+  conditional = labels if models.num_classes_of(model) else None
+  denoiser = models.denoiser(model, params, kind, labels=conditional, guidance_scale=guidance_scale)
+  if classifier_model is not None:
+    log_prob = models.classifier_log_prob(classifier_model, classifier_params)
+    denoiser = guidance.classifier_guided(denoiser, sched, log_prob, labels, classifier_scale)
   result = registry.sample(
-    models.denoiser(model, params, kind, labels=labels, guidance_scale=guidance_scale),
+    denoiser,
     sched,
     batch_shape,
     key,
@@ -74,13 +84,18 @@ def make_sample_fn(
   *,
   trajectory_every: int = 0,
   guidance_scale: float = 0.0,
+  classifier: tuple[nn.Module, dict] | None = None,
+  classifier_scale: float = 1.0,
 ):
   """A jitted fn(params, key, labels=None) -> (x0 [B, ...], NFE per sample), or with
   trajectory_every > 0 (x0, trajectory [F, B, ...]); the batch is split over devices.
 
   labels: int [B] classes for a conditional model (None: its null class), drawn with
-  classifier-free guidance of scale `guidance_scale` (`guidance.classifier_free`).
+  classifier-free guidance of scale `guidance_scale` (`guidance.classifier_free`); with a
+  (classifier module, params), also classifier guidance of scale classifier_scale towards them
+  (`guidance.classifier_guided`), for conditional and unconditional models alike.
   """
+  classifier_model, classifier_params = classifier or (None, None)
   sharding.check_batch_size(batch_shape[0], mesh, "sampling batch size")
   sample_fn = functools.partial(
     _sample_batch,
@@ -91,12 +106,16 @@ def make_sample_fn(
     spec=spec,
     trajectory_every=trajectory_every,
     guidance_scale=float(guidance_scale),
+    classifier_model=classifier_model,
+    classifier_scale=float(classifier_scale),
   )
 
   def run(params, key, labels=None):
     if labels is not None:
       labels = np.asarray(labels, np.int32)
-    return sample_fn(params, sched, key, labels)
+    elif classifier_model is not None:
+      raise ValueError("classifier guidance needs the labels to guide towards")
+    return sample_fn(params, sched, key, labels, classifier_params)
 
   return run
 
@@ -115,6 +134,8 @@ def sample_batches(
   *,
   labels: np.ndarray | None = None,
   guidance_scale: float = 0.0,
+  classifier: tuple[nn.Module, dict] | None = None,
+  classifier_scale: float = 1.0,
 ) -> Iterator[tuple[int, np.ndarray, int]]:
   """Draws the listed batches; batch i uses fold_in(key, i), so any subset can be (re)drawn alone.
 
@@ -126,7 +147,15 @@ def sample_batches(
     (i, float32 samples [batch_size, *example_shape] on the host, network evaluations per sample).
   """
   sample_fn = make_sample_fn(
-    model, kind, sched, (batch_size, *example_shape), mesh, spec, guidance_scale=guidance_scale
+    model,
+    kind,
+    sched,
+    (batch_size, *example_shape),
+    mesh,
+    spec,
+    guidance_scale=guidance_scale,
+    classifier=classifier,
+    classifier_scale=classifier_scale,
   )
   for i in batch_indices:
     batch_labels = None
@@ -157,12 +186,15 @@ def generate(
   progress: bool = True,
   labels: np.ndarray | None = None,
   guidance_scale: float = 0.0,
+  classifier: tuple[nn.Module, dict] | None = None,
+  classifier_scale: float = 1.0,
 ) -> tuple[np.ndarray, float]:
   """Draws num_samples samples in batches; batch i uses fold_in(key, i).
 
   The batch size is rounded up to a multiple of the device count; extra samples are dropped.
   A conditional model draws sample j of class labels[j] (int [num_samples]), with
-  classifier-free guidance of scale guidance_scale.
+  classifier-free guidance of scale guidance_scale; a classifier (module, params) adds classifier
+  guidance of scale classifier_scale towards the labels (any model).
 
   Returns:
     (float32 [num_samples, *example_shape] on the host, mean network evaluations per sample).
@@ -184,6 +216,8 @@ def generate(
     range(num_batches),
     labels=labels,
     guidance_scale=guidance_scale,
+    classifier=classifier,
+    classifier_scale=classifier_scale,
   )
   bar = tqdm.tqdm(
     batches, total=num_batches, desc="sampling", unit="batch", disable=not progress, leave=False
