@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from diffusion_jax.cli import sample_outputs
-from diffusion_jax.evaluation import scoring
+from diffusion_jax.metrics import sample_quality
 from tests.scripts import assert_fails_cleanly, run_script
 from tests.test_cli import DIGITS_FLAGS
 
@@ -48,7 +48,7 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
 
 def test_class_accuracy():
   logits = np.eye(3)[[0, 1, 2, 2]]
-  got = scoring.class_accuracy(logits, np.array([0, 1, 1, 2]))
+  got = sample_quality.class_accuracy(logits, np.array([0, 1, 1, 2]))
   assert got["accuracy"] == 0.75 and got["per_class_accuracy"] == [1.0, 0.5, 1.0]
 
 

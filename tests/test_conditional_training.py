@@ -84,3 +84,16 @@ def test_too_few_model_classes_and_unlabeled_data_are_refused(tmp_path):
   config.data.name = "swiss_roll"
   with pytest.raises(ValueError, match="'swiss_roll' has no class labels"):
     train_loop.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_quick_evaluation_of_a_conditional_run_logs_accuracy(tmp_path):
+  config = tiny_configs.digits_small(num_train_steps=2)
+  config.model.num_classes = 10
+  config.eval.every_steps = 2
+  config.eval.num_samples = 20
+  config.eval.steps = 3
+  config.eval.metrics = "fid"
+  train_loop.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    logged = [r for r in map(json.loads, f) if "eval/fid" in r]
+  assert len(logged) == 1 and 0.0 <= logged[0]["eval/accuracy"] <= 1.0

@@ -127,7 +127,7 @@ def evaluate_run(
     results.update(feature_net=net.name, reference=reference_name)
     results.update(sample_quality.score(features, logits, ref, sample_metric_names))
     if labels is not None and net.num_classes == run.num_classes:
-      results.update(class_accuracy(logits, labels))
+      results.update(sample_quality.class_accuracy(logits, labels))
   if "bpd" in metrics:
     results["bpd"] = bits_per_dim.evaluate_split(
       run, "vlb", bpd_split, batch_size, bpd_num_examples, seed
@@ -137,14 +137,3 @@ def evaluate_run(
     with open(out, "w") as f:
       json.dump(results, f, indent=2)
   return results, out
-
-
-def class_accuracy(logits_NxK: np.ndarray, labels_N: np.ndarray) -> dict:
-  """How often the feature network's classifier names the requested class: `accuracy` overall
-  and `per_class_accuracy` [K] (NaN for a class with no samples)."""
-  correct = np.argmax(logits_NxK, axis=1) == labels_N
-  per_class = [
-    float(correct[labels_N == k].mean()) if np.any(labels_N == k) else float("nan")
-    for k in range(logits_NxK.shape[1])
-  ]
-  return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class}
