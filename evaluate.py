@@ -5,6 +5,9 @@ EMA params with any sampler, into <workdir>/eval/step_<N>/<sampler>_<digest>/sam
 a stopped job resumes where it was; scores them against reference statistics and writes
 results_n<num_samples>_<feature net>.json beside the samples. Defaults come from the run's
 config.eval: e.g. --feature_net=inception needs --inception_weights (pytorch-fid's weights file).
+A class-conditional run draws every class in turn with --guidance (default: the config's
+sampling.guidance) and, where the feature network classifies the same classes (digits), also
+reports the classifier's accuracy on the requested labels, overall and per class.
 """
 
 import json
@@ -49,6 +52,12 @@ _BPD_SPLIT = flags.DEFINE_string(
 )
 _BPD_EXAMPLES = flags.DEFINE_integer(
   "bpd_num_examples", None, "Examples for bits/dim.", lower_bound=1
+)
+_GUIDANCE = flags.DEFINE_float(
+  "guidance",
+  None,
+  "Conditional runs: classifier-free guidance scale (default: the config's sampling.guidance).",
+  lower_bound=0.0,
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing results file.")
 _initialize_distributed = cli_flags.define_distributed_flags()
@@ -104,11 +113,13 @@ def main(argv):
       bpd_split=_BPD_SPLIT.value,
       bpd_num_examples=_BPD_EXAMPLES.value,
       overwrite=_OVERWRITE.value,
+      guidance_scale=_or(_GUIDANCE, run.config.sampling.guidance if run.num_classes else 0.0),
     )
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  summary = {k: results[k] for k in ("fid", "is", "is_std", "kid", "kid_std") if k in results}
+  names = ("fid", "is", "is_std", "kid", "kid_std", "accuracy")
+  summary = {k: results[k] for k in names if k in results}
   if "bpd" in results:
     summary["bpd"] = results["bpd"]["total_bpd"]
   print(json.dumps(summary))

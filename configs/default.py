@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_channels = 3
   data.random_flip = True  # horizontal flips, drawn on device from (seed, step)
   data.num_points = 10_000  # size of a builtin 2D toy dataset
+  # class labels (read when model.num_classes > 0): tfds's ClassLabel feature of this name; a
+  # folder's sub-folders; an .npz's `labels`; the digit; the moon or mixture component of a toy
+  data.label_feature = "label"
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # unet | mlp | "package.module:ClassName" (any Flax module; README)
@@ -44,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   # unet and mlp: compute dtype float32 | bfloat16 (parameters, EMA, optimizer stay float32)
   model.dtype = "float32"
   model.remat = False  # unet only: recompute each block's activations in the backward pass
+  # > 0: class-conditional on labels 0..num_classes-1 (plus a null class for classifier-free
+  # guidance); 0: unconditional
+  model.num_classes = 0
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = (
@@ -71,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
   training.loss_weighting = "simple"
   training.min_snr_gamma = 5.0
   training.vlb_weight = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (learned variance)
+  # conditional models: probability that a label is replaced by the null class (classifier-free
+  # guidance needs the unconditional model this trains; 0 trains a purely conditional one)
+  training.label_dropout = 0.1
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4
@@ -95,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   # clip the predicted x0 to [-1, 1] at each step; None: for images, not for vector data
   sampling.clip_x0 = config_dict.placeholder(bool)
   sampling.batch_size = 256
+  # conditional models: classifier-free guidance scale w, eps = (1 + w) eps(x, c) - w eps(x, null);
+  # 0 samples the conditional model as trained
+  sampling.guidance = 0.0
 
   config.eval = ev = ml_collections.ConfigDict()  # evaluate.py, and train.py's quick evaluation
   # inception: the FID network (needs inception_weights) | digits: a classifier on digits data

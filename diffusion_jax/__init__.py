@@ -15,6 +15,7 @@ _MODULES = (
   "data",
   "diffusion",
   "evaluation",
+  "guidance",
   "images",
   "likelihood",
   "losses",

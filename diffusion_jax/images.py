@@ -213,18 +213,22 @@ def _draw_dots(
     canvas[r[inside], c[inside]] = color
 
 
-def preview_picture(samples: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-  """An HWC uint8 picture: a grid of images [N, H, W, C] in [-1, 1], or points [N, 2] scattered
-  over optional reference points."""
+def preview_picture(
+  samples: np.ndarray, reference: np.ndarray | None = None, ncols: int | None = None
+) -> np.ndarray:
+  """An HWC uint8 picture: a grid of images [N, H, W, C] in [-1, 1] (ncols per row, default
+  ceil(sqrt(N))), or points [N, 2] scattered over optional reference points."""
   if samples.ndim != 4:
     return scatter_image(samples, reference=reference)
-  grid = image_grid(to_uint8(samples))
+  grid = image_grid(to_uint8(samples), ncols=ncols)
   factor = max(1, MIN_TILE // samples.shape[1])
   return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def save_preview(path: str, samples: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-  """Writes preview_picture(samples, reference) to path as a PNG and returns it."""
-  picture = preview_picture(samples, reference)
+def save_preview(
+  path: str, samples: np.ndarray, reference: np.ndarray | None = None, ncols: int | None = None
+) -> np.ndarray:
+  """Writes preview_picture(samples, reference, ncols) to path as a PNG and returns it."""
+  picture = preview_picture(samples, reference, ncols)
   save_png(path, picture)
   return picture

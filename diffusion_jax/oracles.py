@@ -6,6 +6,11 @@ x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (DDPM eq. 4) every component stays Gau
 and its score and the optimal L_simple predictor eps* = -sqrt(1 - abar) grad log q_t are closed
 form.
 Image-shaped data [B, H, W, C] is a mixture over the flattened vector (D = H W C).
+
+Class-conditional data (`ClassMixture`): class y ~ Cat(pi), then x_0 from class y's own mixture.
+Each q_t(x | y) is again a mixture, q_t(x) is the mixture of all components with weights
+pi_y w_{y,k}, and p_t(y | x) = pi_y q_t(x | y) / q_t(x) by Bayes; so the conditional and
+unconditional eps*, and the classifier of classifier guidance, are all exact.
 """
 
 import math
@@ -80,6 +85,108 @@ class GaussianMixture:
     return -jnp.sqrt(1.0 - abar_N1) * self.score_t(x_ND, alpha_bar)
 
 
+def _alpha_bar_of(sched: Schedule, t_B: jax.Array) -> jax.Array:
+  """alpha-bar at indices t [B]: the discrete table for int t, alpha-bar(s(t)) for float t."""
+  if jnp.issubdtype(t_B.dtype, jnp.integer):
+    return sched.alphas_cumprod[t_B]
+  return continuous_time.alpha_bar(sched, continuous_time.time_of(sched, t_B))
+
+
+@flax.struct.dataclass
+class ClassMixture:
+  """Labelled data: class y with prior pi_y, and given y the mixture sum_k w_{y,k} N(mu_{y,k},
+  sigma_{y,k}^2 I). priors [C], weights [C, K] (rows summing to 1), means [C, K, D],
+  variances [C, K]. Label C is the null class: the unconditional q_t."""
+
+  priors: jax.Array
+  weights: jax.Array
+  means: jax.Array
+  variances: jax.Array
+
+  @property
+  def num_classes(self) -> int:
+    return self.priors.shape[0]
+
+  def of_class(self, y: int) -> GaussianMixture:
+    """q_0(x | y) as a GaussianMixture."""
+    return GaussianMixture(self.weights[y], self.means[y], self.variances[y])
+
+  def marginal(self) -> GaussianMixture:
+    """q_0(x) = sum_y pi_y q_0(x | y): the C K components with weights pi_y w_{y,k}."""
+    c, k, d = self.means.shape
+    weights = (self.priors[:, None] * self.weights).reshape(c * k)
+    return GaussianMixture(weights, self.means.reshape(c * k, d), self.variances.reshape(c * k))
+
+  def sample(self, key: jax.Array, y_N: jax.Array) -> jax.Array:
+    """x_0 ~ q_0(x | y) for each label of y [N] (0..C-1); returns [N, D]."""
+    comp_key, noise_key = jax.random.split(key)
+    k_N = jax.random.categorical(comp_key, jnp.log(self.weights[y_N]))
+    z_ND = jax.random.normal(noise_key, (y_N.shape[0], self.means.shape[-1]), jnp.float32)
+    return self.means[y_N, k_N] + jnp.sqrt(self.variances[y_N, k_N])[:, None] * z_ND
+
+  def _class_of_component(self) -> jax.Array:
+    c, k = self.weights.shape
+    return jnp.repeat(jnp.arange(c), k)  # [C K]
+
+  def score_t(self, x_ND: jax.Array, alpha_bar: jax.Array, y_N: jax.Array) -> jax.Array:
+    """grad_x log q_t(x | y) for labels y [N] in 0..C (C: grad log q_t(x)); returns [N, D].
+
+    The marginal's responsibilities restricted to class y's components (pi_y cancels).
+    """
+    log_NM, d_NMD, v_NM = self.marginal()._components_t(x_ND, alpha_bar)
+    in_class = (self._class_of_component()[None, :] == y_N[:, None]) | (
+      y_N[:, None] == self.num_classes
+    )
+    r_NM = jax.nn.softmax(jnp.where(in_class, log_NM, -jnp.inf), axis=1)
+    return -jnp.sum((r_NM / v_NM)[:, :, None] * d_NMD, axis=1)
+
+  def eps(self, x_ND: jax.Array, alpha_bar: jax.Array, y_N: jax.Array) -> jax.Array:
+    """eps*(x, y) = -sqrt(1 - abar) grad log q_t(x | y) for labels y [N] in 0..C; [N, D]."""
+    abar_N1 = _column(alpha_bar, x_ND.shape[0])
+    return -jnp.sqrt(1.0 - abar_N1) * self.score_t(x_ND, alpha_bar, y_N)
+
+  def class_log_prob_t(self, x_ND: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """log p_t(y | x) = log pi_y + log q_t(x | y) - log q_t(x) for every class; returns [N, C]."""
+    log_NM, _, _ = self.marginal()._components_t(x_ND, alpha_bar)
+    log_NCK = log_NM.reshape(x_ND.shape[0], *self.weights.shape)
+    joint_NC = jax.nn.logsumexp(log_NCK, axis=2)  # log pi_y q_t(x | y)
+    return joint_NC - jax.nn.logsumexp(joint_NC, axis=1, keepdims=True)
+
+
+def conditional_eps_fn_for(mixture: ClassMixture, sched: Schedule):
+  """The exact conditional noise predictor eps_fn(x [B, ...], t [B], y [B]) of `mixture` (y = C,
+  the null class, gives the unconditional eps*); t as in `eps_fn_for`."""
+
+  def eps_fn(x: jax.Array, t_B: jax.Array, y_B: jax.Array) -> jax.Array:
+    flat = x.reshape(x.shape[0], -1)
+    return mixture.eps(flat, _alpha_bar_of(sched, t_B), y_B).reshape(x.shape)
+
+  return eps_fn
+
+
+def conditional_network_for(mixture: ClassMixture, sched: Schedule, prediction: str = "eps"):
+  """network(x, t, y) predicting the exact eps, x0 or v given class y (see `network_for`)."""
+  eps_fn = conditional_eps_fn_for(mixture, sched)
+
+  def network(x: jax.Array, t_B: jax.Array, y_B: jax.Array) -> jax.Array:
+    eps = eps_fn(x, t_B, y_B)
+    alpha, sigma = diffusion.noise_level(sched, t_B, x)
+    return parametrization.training_target(prediction, (x - sigma * eps) / alpha, eps, alpha, sigma)
+
+  return network
+
+
+def classifier_for(mixture: ClassMixture, sched: Schedule):
+  """The exact time-conditioned classifier log p_t(y | x_t)(x [B, ...], t [B], y [B]) -> [B]."""
+
+  def log_prob(x: jax.Array, t_B: jax.Array, y_B: jax.Array) -> jax.Array:
+    flat = x.reshape(x.shape[0], -1)
+    log_NC = mixture.class_log_prob_t(flat, _alpha_bar_of(sched, t_B))
+    return jnp.take_along_axis(log_NC, y_B[:, None], axis=1)[:, 0]
+
+  return log_prob
+
+
 def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> continuous_time.EpsFn:
   """The exact eps_fn(x, t) of `mixture` under `sched`, for x [B, ...] (flattened to [B, D]).
 
@@ -91,11 +198,7 @@ def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> continuous_time.Eps
   """
 
   def eps_fn(x: jax.Array, t_B: jax.Array) -> jax.Array:
-    if jnp.issubdtype(t_B.dtype, jnp.integer):
-      abar_B = sched.alphas_cumprod[t_B]
-    else:
-      abar_B = continuous_time.alpha_bar(sched, continuous_time.time_of(sched, t_B))
-    return mixture.eps(x.reshape(x.shape[0], -1), abar_B).reshape(x.shape)
+    return mixture.eps(x.reshape(x.shape[0], -1), _alpha_bar_of(sched, t_B)).reshape(x.shape)
 
   return eps_fn
 

@@ -10,7 +10,16 @@ import pytest
 from diffusion_jax import models, schedules
 from diffusion_jax.evaluation import run_loading
 
-CONFIGS = ["cifar10", "celeba64", "church256", "digits", "toy2d"]
+CONFIGS = [
+  "cifar10",
+  "cifar10_cond",
+  "celeba64",
+  "church256",
+  "digits",
+  "digits_cond",
+  "toy2d",
+  "toy2d_cond",
+]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

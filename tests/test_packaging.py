@@ -22,6 +22,7 @@ LAYERS = [
     "losses",
     "ode_solvers",
     "oracles",
+    "guidance",
   },
   {"sharding", "images", "configs"},
   {"models", "data", "pretrained"},

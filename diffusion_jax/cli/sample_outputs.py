@@ -64,6 +64,41 @@ def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key
     images.save_gif(path, frames + [frames[-1]] * 10)  # hold the last frame
 
 
+def class_labels(
+  run: LoadedRun,
+  labels: list[str] | None,
+  per_class: int | None,
+  num_samples: int,
+  classes_of: tuple[int, tuple[str, ...]] | None = None,
+) -> np.ndarray | None:
+  """The class of each sample to draw: the listed labels (indices or class names), per_class of
+  every class in turn (one grid row per class), or all classes in turn; None for an
+  unconditional run, which refuses labels. classes_of = (number, names) of a guiding classifier's
+  classes replaces the run's."""
+  k, names = classes_of or (run.num_classes, run.class_names)
+  if not k:
+    if labels or per_class:
+      raise ValueError("this run is unconditional (model.num_classes=0); it takes no labels")
+    return None
+  if labels and per_class:
+    raise ValueError("give --labels or --per_class, not both")
+  if per_class:
+    return np.repeat(np.arange(k, dtype=np.int32), per_class)
+  if not labels:
+    return np.arange(num_samples, dtype=np.int32) % k
+  index = {name: i for i, name in enumerate(names)}
+  out = []
+  for label in labels:
+    if label in index:
+      out.append(index[label])
+    elif label.lstrip("-").isdigit() and 0 <= int(label) < k:
+      out.append(int(label))
+    else:
+      listed = f" or one of {', '.join(names)}" if names else ""
+      raise ValueError(f"unknown class label {label!r}; give 0..{k - 1}{listed}")
+  return np.array(out, np.int32)
+
+
 def sample_and_save(
   run: LoadedRun,
   out_dir: str,
@@ -72,15 +107,27 @@ def sample_and_save(
   seed: int,
   spec: samplers.SamplerSpec,
   gif: bool,
+  *,
+  labels: np.ndarray | None = None,
+  guidance_scale: float = 0.0,
+  ncols: int | None = None,
+  classifier: tuple | None = None,
+  classifier_scale: float = 1.0,
 ) -> tuple[list[str], float]:
-  """Writes samples.npz (uint8 NHWC images, or float32 points), samples.png and optionally
-  reverse.gif (the sampler's chain) into out_dir.
+  """Writes samples.npz (uint8 NHWC images, or float32 points; with labels also `labels`),
+  samples.png and optionally reverse.gif (the sampler's chain) into out_dir.
+
+  A conditional run draws sample i of class labels[i] (num_samples is then len(labels)) with
+  classifier-free guidance of scale guidance_scale, and with a (classifier module, params) also
+  classifier guidance of scale classifier_scale; ncols sets the grid's images per row.
 
   Returns:
     (the paths written, network evaluations per sample).
   """
   mesh = sharding.data_mesh()
   key, gif_key = jax.random.split(jax.random.key(seed))
+  if labels is not None:
+    num_samples = len(labels)
   samples, nfe = generation.generate(
     run.model,
     run.kind,
@@ -92,19 +139,29 @@ def sample_and_save(
     key,
     mesh,
     spec,
+    labels=labels,
+    guidance_scale=guidance_scale,
+    classifier=classifier,
+    classifier_scale=classifier_scale,
   )
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:
+    if labels is not None:
+      raise ValueError("--gif animates unconditional runs only")
     paths.append(os.path.join(out_dir, "reverse.gif"))
     write_reverse_gif(run, paths[2], spec, gif_key, mesh)
   if jax.process_index() != 0:
     return [], nfe
   os.makedirs(out_dir, exist_ok=True)
   reference = reference_points(run)
-  if reference is None:
+  extra = {} if labels is None else {"labels": labels}
+  if reference is None and labels is None:
     images.save_samples_npz(paths[0], images.to_uint8(samples))
     images.save_preview(paths[1], samples[:256])
+  elif reference is None:
+    np.savez(paths[0], arr_0=images.to_uint8(samples), **extra)
+    images.save_preview(paths[1], samples[:256], ncols=ncols)
   else:
-    np.savez(paths[0], arr_0=samples)
+    np.savez(paths[0], arr_0=samples, **extra)
     images.save_preview(paths[1], samples, reference)
   return paths, nfe

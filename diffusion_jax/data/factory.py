@@ -8,25 +8,31 @@ from diffusion_jax.data import builtin, examples, image_files, pipeline, tfds_so
 SOURCES = ("tfds", "folder", "npz", "builtin")
 
 
-def _examples(data: ml_collections.ConfigDict, seed: int) -> examples.Examples:
+def _examples(data: ml_collections.ConfigDict, seed: int, labeled: bool) -> examples.Examples:
   """Reads `data.source` / `data.name` / `data.path` into preprocessed examples."""
   if data.source in ("folder", "npz") and not data.path:
     # An empty path would mean the current directory: never train on whatever lies there.
     what = "an image folder" if data.source == "folder" else "an .npz file"
     raise ValueError(f"data.source={data.source} needs data.path ({what}); it is empty")
   if data.source == "tfds":
-    images = tfds_source.TfdsImages(data.name, data.split, data.path or None)
+    label_feature = data.get("label_feature", "label") if labeled else ""
+    images = tfds_source.TfdsImages(data.name, data.split, data.path or None, label_feature)
   elif data.source == "folder":
-    images = image_files.FolderImages(data.path)
+    images = image_files.FolderImages(data.path, by_class=labeled)
   elif data.source == "npz":
-    images = image_files.load_npz_images(data.path)
+    images = image_files.load_npz_images(data.path, with_labels=labeled)
   elif data.source == "builtin" and data.name == "digits":
     images = builtin.digits_images()
   elif data.source == "builtin":
-    return examples.vector_examples(builtin.toy_points(data.name, data.num_points, seed))
+    points, labels = builtin.toy_labeled_points(data.name, data.num_points, seed)
+    if not labeled:
+      return examples.vector_examples(points)
+    return examples.vector_examples(points, labels, builtin.toy_class_names(data.name))
   else:
     raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
-  return examples.image_examples(images, data.image_size, data.center_crop, data.num_channels)
+  return examples.image_examples(
+    images, data.image_size, data.center_crop, data.num_channels, labeled
+  )
 
 
 def create_dataset(
@@ -35,6 +41,8 @@ def create_dataset(
   seed: int,
   process_index: int | None = None,
   process_count: int | None = None,
+  *,
+  labeled: bool = False,
 ) -> pipeline.Dataset:
   """Builds the training data of one process.
 
@@ -45,6 +53,8 @@ def create_dataset(
     seed: fixes the example order (and the points of 2D toys).
     process_index: this process; defaults to jax.process_index().
     process_count: number of processes; defaults to jax.process_count().
+    labeled: also serve class labels (`Dataset.get_labeled_batch`): tfds's `data.label_feature`,
+      a folder's sub-folders, an .npz's `labels`, the digit, the moon or the mixture component.
 
   Returns:
     A Dataset whose get_batch(step) is float32 [global_batch_size // process_count, *shape].
@@ -54,7 +64,7 @@ def create_dataset(
   if process_count is None:
     process_count = jax.process_count()
   return pipeline.Dataset(
-    _examples(data_config, seed), global_batch_size, seed, process_index, process_count
+    _examples(data_config, seed, labeled), global_batch_size, seed, process_index, process_count
   )
 
 

@@ -67,6 +67,15 @@ class Dataset:
   def is_image(self) -> bool:
     return self._examples.is_image
 
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    """The classes of a labeled dataset (label k is class_names[k]); () without labels."""
+    return self._examples.class_names
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
   def _draw_epoch_order(self, epoch: int) -> np.ndarray:
     return np.random.default_rng((self._seed, epoch)).permutation(self.num_examples)
 
@@ -93,16 +102,26 @@ class Dataset:
     """
     return self._examples.load(self._batch_indices(step))
 
-  def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
+  def get_labeled_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """get_batch(step) with the examples' class labels, int32 [local batch size]."""
+    if self._examples.load_labeled is None:
+      raise ValueError("this dataset has no class labels; create it with labeled=True")
+    return self._examples.load_labeled(self._batch_indices(step))
+
+  def iterate(self, start_step: int = 0, *, labeled: bool = False) -> Iterator:
     """Yields get_batch(start_step), get_batch(start_step + 1), ... forever, prefetched.
 
     Args:
       start_step: the first step; resuming a run at step s is `iterate(s)`.
+      labeled: yield get_labeled_batch's (examples, labels) pairs instead.
 
     Returns:
-      An endless iterator of float32 [local batch size, *example_shape].
+      An endless iterator of float32 [local batch size, *example_shape] (or pairs).
     """
-    return _prefetch(self.get_batch, start_step, sys.maxsize)
+    if labeled and self._examples.load_labeled is None:  # here, not in a background thread
+      raise ValueError("this dataset has no class labels; create it with labeled=True")
+    make = self.get_labeled_batch if labeled else self.get_batch
+    return _prefetch(make, start_step, sys.maxsize)
 
   def _share(self) -> tuple[int, int]:
     """Bounds [lo, hi) of this process's contiguous share of the example indices."""

@@ -19,6 +19,12 @@ class LoadedRun:
   params: dict
   step: int
   example_shape: tuple[int, ...]
+  class_names: tuple[str, ...] = ()  # a conditional run's classes (label k is class_names[k])
+
+  @property
+  def num_classes(self) -> int:
+    """The model's classes; 0 for an unconditional run."""
+    return models.num_classes_of(self.model)
 
   @property
   def kind(self) -> parametrization.Parametrization:
@@ -61,4 +67,5 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=N
     params=state.ema_params if use_ema else state.params,
     step=int(state.step),
     example_shape=shape,
+    class_names=run_config.load_class_names(workdir),
   )

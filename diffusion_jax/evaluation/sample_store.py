@@ -91,11 +91,15 @@ def fill(
   mesh,
   *,
   progress: bool = True,
+  labels: np.ndarray | None = None,
+  guidance_scale: float = 0.0,
 ) -> int:
   """Draws the shards `store` lacks for num_samples images from run's params.
 
   Args:
     batch_size: samples per shard; must be a multiple of the device count.
+    labels: a conditional run's class of each sample (see `generation.sample_batches`).
+    guidance_scale: its classifier-free guidance scale.
 
   Returns:
     the number of shards that hold the num_samples images.
@@ -113,6 +117,8 @@ def fill(
     mesh,
     spec,
     todo,
+    labels=labels,
+    guidance_scale=guidance_scale,
   )
   bar = tqdm.tqdm(
     total=num_shards * batch_size,

@@ -12,6 +12,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_jax import data, samplers, sharding
@@ -45,8 +46,14 @@ def evaluate_run(
   bpd_split: str = "",
   bpd_num_examples: int | None = None,
   overwrite: bool = False,
+  guidance_scale: float = 0.0,
 ) -> tuple[dict, str]:
   """Draws num_samples samples into a resumable store, scores them, and writes a JSON.
+
+  A class-conditional run draws every class in turn (sample i of class i mod K) with
+  classifier-free guidance of scale guidance_scale; when the feature network classifies the same
+  K classes (the digits classifier on digits), the results add its accuracy on the requested
+  labels, overall and per class.
 
   Args:
     run: the loaded run (its params are the ones `use_ema` says).
@@ -63,6 +70,7 @@ def evaluate_run(
     bpd_split: split for bits/dim (default: test for tfds data, else train).
     bpd_num_examples: examples for bits/dim (default: the whole split).
     overwrite: replace an existing results file.
+    guidance_scale: a conditional run's guidance scale w.
 
   Returns:
     (results, path of the JSON written).
@@ -80,6 +88,12 @@ def evaluate_run(
     seed=seed,
     batch_size=batch_size,
   )
+  labels = None
+  if run.num_classes:
+    labels = np.arange(num_samples, dtype=np.int32) % run.num_classes
+    settings.update(labels="classes in turn", guidance=guidance_scale)
+  elif guidance_scale:
+    raise ValueError("guidance needs a class-conditional run (model.num_classes > 0)")
   directory = store_dir(workdir, run.step, settings)
   suffix = f"_{net.name}" if net is not None and set(metrics) & {"fid", "is", "kid"} else ""
   out = os.path.join(directory, f"results_n{num_samples}{suffix}.json")
@@ -90,7 +104,17 @@ def evaluate_run(
   if sample_metric_names:
     store = sample_store.SampleStore(os.path.join(directory, "samples"), settings)
     start = time.perf_counter()
-    num_shards = sample_store.fill(store, run, spec, num_samples, batch_size, seed, mesh)
+    num_shards = sample_store.fill(
+      store,
+      run,
+      spec,
+      num_samples,
+      batch_size,
+      seed,
+      mesh,
+      labels=labels,
+      guidance_scale=guidance_scale,
+    )
     if jax.process_count() > 1:  # process 0 writes the shards that every process reads next
       multihost_utils.sync_global_devices("evaluation samples written")
     results["sampling_seconds"] = time.perf_counter() - start
@@ -102,6 +126,8 @@ def evaluate_run(
     results["feature_seconds"] = time.perf_counter() - start
     results.update(feature_net=net.name, reference=reference_name)
     results.update(sample_quality.score(features, logits, ref, sample_metric_names))
+    if labels is not None and net.num_classes == run.num_classes:
+      results.update(sample_quality.class_accuracy(logits, labels))
   if "bpd" in metrics:
     results["bpd"] = bits_per_dim.evaluate_split(
       run, "vlb", bpd_split, batch_size, bpd_num_examples, seed

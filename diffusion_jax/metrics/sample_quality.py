@@ -96,10 +96,16 @@ def quick_scores(
 ) -> dict:
   """config.eval.num_samples samples from params, in memory, scored by config.eval.metrics.
 
-  The sampler is config.sampling's, with config.eval.sampler / steps overriding it when set.
+  The sampler is config.sampling's, with config.eval.sampler / steps overriding it when set. A
+  class-conditional model draws its classes in turn with guidance config.sampling.guidance, and
+  where the feature network classifies the same classes the scores add its `accuracy`.
   """
   spec = eval_sampler_spec(config)
   metrics = tuple(m for m in parse_metrics(config.eval.metrics) if m != "bpd")
+  num_classes = models.num_classes_of(model)
+  labels = None
+  if num_classes:
+    labels = np.arange(config.eval.num_samples, dtype=np.int32) % num_classes
   samples, _ = generation.generate(
     model,
     models.parametrization_of(config.model),
@@ -112,11 +118,27 @@ def quick_scores(
     mesh,
     spec,
     progress=False,
+    labels=labels,
+    guidance_scale=config.sampling.guidance if num_classes else 0.0,
   )
   features, logits = feature_nets.compute_features(
     net, _batches(images.to_uint8(samples), config.sampling.batch_size), mesh=mesh
   )
-  return score(features, logits, ref, metrics)
+  results = score(features, logits, ref, metrics)
+  if labels is not None and net.num_classes == num_classes:
+    results["accuracy"] = class_accuracy(logits, labels)["accuracy"]
+  return results
+
+
+def class_accuracy(logits_NxK: np.ndarray, labels_N: np.ndarray) -> dict:
+  """How often the feature network's classifier names the requested class: `accuracy` overall
+  and `per_class_accuracy` [K] (NaN for a class with no samples)."""
+  correct = np.argmax(logits_NxK, axis=1) == labels_N
+  per_class = [
+    float(correct[labels_N == k].mean()) if np.any(labels_N == k) else float("nan")
+    for k in range(logits_NxK.shape[1])
+  ]
+  return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class}
 
 
 def eval_sampler_spec(config: ml_collections.ConfigDict) -> samplers.SamplerSpec:

@@ -3,7 +3,9 @@
 The call contract: `module.apply(variables, x_t, t, train=...)` with x_t [B, ...] and t [B]
 timestep indices (int32, or float32 for the continuous-time samplers; see `parametrization`)
 returns x_t's shape, or twice its channels with a learned variance. The `train` keyword is
-optional (dropout uses the 'dropout' rng); a module without it is called without it.
+optional (dropout uses the 'dropout' rng); a module without it is called without it. A
+class-conditional module also takes `y_B=` int labels [B] in 0..num_classes, num_classes being
+the null class of classifier-free guidance (`guidance`), and has a `num_classes` field.
 """
 
 import dataclasses
@@ -15,7 +17,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from diffusion_jax import parametrization
+from diffusion_jax import guidance, parametrization
+from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.layers import COMPUTE_DTYPES
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
@@ -23,11 +26,15 @@ from diffusion_jax.models.unet import UNet, check_unet_config
 __all__ = [
   "COMPUTE_DTYPES",
   "MLP",
+  "NoisyClassifier",
   "UNet",
   "apply",
+  "classifier_log_prob",
+  "create_classifier",
   "create_model",
   "denoiser",
   "init",
+  "num_classes_of",
   "parametrization_of",
   "record_model",
 ]
@@ -80,6 +87,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       dropout=m.dropout,
       outputs_per_channel=outputs,
       dtype=m.dtype,
+      num_classes=m.num_classes,
     )
   if m.name == "unet":
     check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
@@ -94,6 +102,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       outputs_per_channel=outputs,
       dtype=m.dtype,
       remat=m.remat,
+      num_classes=m.num_classes,
     )
   if ":" in m.name:
     cls = _import_module_class(m.name)
@@ -104,6 +113,26 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       raise ValueError(f"model.name {m.name!r} with model.kwargs {kwargs}: {e}") from None
   raise ValueError(
     f"unknown model.name {m.name!r}; valid: {', '.join(_MODEL_NAMES)} or 'package.module:Class'"
+  )
+
+
+def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
+  """The noisy-image classifier config.model describes (U-Net fields, num_classes > 0)."""
+  m = config.model
+  if m.num_classes < 1:
+    raise ValueError("a classifier needs model.num_classes > 0")
+  if config.data.source == "builtin" and config.data.name != "digits":
+    raise ValueError("the noisy classifier takes images; 2D toy data has none")
+  check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
+  return NoisyClassifier(
+    num_classes=m.num_classes,
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    dropout=m.dropout,
+    num_groups=m.num_groups,
+    resamp_with_conv=m.resamp_with_conv,
   )
 
 
@@ -131,12 +160,31 @@ def _takes_train(model: nn.Module) -> bool:
   return "train" in inspect.signature(type(model).__call__).parameters
 
 
+def num_classes_of(model: nn.Module) -> int:
+  """The classes of a conditional module (its `num_classes` field); 0 for an unconditional one."""
+  return int(getattr(model, "num_classes", 0) or 0)
+
+
 def apply(
-  model: nn.Module, params, x_t: jax.Array, t: jax.Array, *, train: bool, rngs=None
+  model: nn.Module,
+  params,
+  x_t: jax.Array,
+  t: jax.Array,
+  *,
+  train: bool,
+  rngs=None,
+  labels: jax.Array | None = None,
 ) -> jax.Array:
-  """model.apply({'params': params}, x_t, t, train=train), leaving out `train` for modules
-  whose __call__ has no such argument."""
+  """model.apply({'params': params}, x_t, t, train=train[, y_B=labels]), leaving out `train` for
+  modules whose __call__ has no such argument; labels [B] only for a conditional module."""
   kwargs = {"train": train} if _takes_train(model) else {}
+  if labels is not None:
+    if not num_classes_of(model) or "y_B" not in inspect.signature(type(model).__call__).parameters:
+      raise ValueError(
+        f"{type(model).__name__} is not class-conditional (no num_classes > 0 and y_B argument); "
+        "it cannot take labels"
+      )
+    kwargs["y_B"] = labels
   return model.apply({"params": params}, x_t, t, rngs=rngs, **kwargs)
 
 
@@ -147,7 +195,45 @@ def init(model: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array) -> dict:
 
 
 def denoiser(
-  model: nn.Module, params, kind: parametrization.Parametrization
+  model: nn.Module,
+  params,
+  kind: parametrization.Parametrization,
+  *,
+  labels: jax.Array | None = None,
+  guidance_scale: float = 0.0,
 ) -> parametrization.Denoiser:
-  """The network with its parameters, in inference mode, read as `kind` says."""
-  return kind.denoiser(lambda x_t, t: apply(model, params, x_t, t, train=False))
+  """The network with its parameters, in inference mode, read as `kind` says.
+
+  Args:
+    model, params, kind: the network, its parameters and what it predicts.
+    labels: for a conditional network, int [B] classes to draw (None: the null class).
+    guidance_scale: w of classifier-free guidance (`guidance.classifier_free`); 0: the
+      conditional model as trained, one network call per step instead of two.
+  """
+  if labels is None:
+    if guidance_scale:
+      raise ValueError("classifier-free guidance needs class labels")
+    return kind.denoiser(lambda x_t, t: apply(model, params, x_t, t, train=False))
+  network_y = lambda x_t, t, y: apply(model, params, x_t, t, train=False, labels=y)
+  if not guidance_scale:
+    return kind.denoiser(guidance.with_labels(network_y, labels))
+  network = guidance.classifier_free(
+    network_y,
+    labels,
+    num_classes_of(model),
+    guidance_scale,
+    learned_variance=kind.learned_variance,
+  )
+  return kind.denoiser(network)
+
+
+def classifier_log_prob(model: nn.Module, params) -> guidance.ClassifierLogProb:
+  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_guided`
+  takes."""
+
+  def log_prob(x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    logits = apply(model, params, x_t, t, train=False)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return jax.numpy.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
+
+  return log_prob

@@ -1,7 +1,8 @@
-"""Pieces shared by the denoisers: the sinusoidal timestep embedding and the initializer."""
+"""Pieces shared by the denoisers: the timestep and class label embeddings and the initializer."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -44,3 +45,29 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
   args_BxH = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
   emb_BxD = jnp.concatenate([jnp.sin(args_BxH), jnp.cos(args_BxH)], axis=-1)
   return jnp.pad(emb_BxD, ((0, 0), (0, dim % 2)))
+
+
+def label_embedding(num_classes: int, dim: int, y_B: jax.Array | None, batch: int) -> jax.Array:
+  """A learned embedding of class labels, added to the timestep embedding (as in ADM, Dhariwal &
+  Nichol 2021); call it inside a compact module, where it creates the parameter `label_emb`.
+
+  Args:
+    num_classes: K; 0 for an unconditional network, which gets no parameter and a zero embedding.
+    dim: embedding size.
+    y_B: [B] int labels in 0..K, K being the null class of classifier-free guidance (Ho & Salimans
+      2022); None: the null class for every example.
+    batch: B.
+
+  Returns:
+    [B, dim] float32 (zeros without classes).
+  """
+  if num_classes == 0:
+    if y_B is not None:
+      raise ValueError("the network is unconditional (num_classes=0) but was given class labels")
+    return jnp.zeros((batch, dim), jnp.float32)
+  if y_B is None:
+    y_B = jnp.full((batch,), num_classes, jnp.int32)
+  if y_B.shape != (batch,) or not jnp.issubdtype(y_B.dtype, jnp.integer):
+    raise ValueError(f"class labels must be int [{batch}], got {y_B.dtype} {y_B.shape}")
+  # K + 1 rows: the null class is the last; Embed's default init is N(0, 1) per entry.
+  return nn.Embed(num_classes + 1, dim, name="label_emb")(y_B)

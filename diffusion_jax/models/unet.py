@@ -8,7 +8,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import ZERO_ISH_SCALE, default_init, timestep_embedding
+from diffusion_jax.models.layers import (
+  ZERO_ISH_SCALE,
+  default_init,
+  label_embedding,
+  timestep_embedding,
+)
 
 GN_EPSILON = 1e-6  # tf.contrib.layers.group_norm's, which the original uses
 
@@ -175,15 +180,26 @@ class UNet(nn.Module):
   # Rematerialise every ResnetBlock and AttnBlock (nn.remat): less activation memory for about one
   # more forward pass per step; the parameters and outputs are the same.
   remat: bool = False
+  # > 0: class-conditional on labels 0..num_classes-1, label num_classes being the null class;
+  # 0: unconditional, with the parameters of the unconditional DDPM U-Net
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x_BxHxWxC: jax.Array,
+    t_B: jax.Array,
+    train: bool = False,
+    y_B: jax.Array | None = None,
+  ) -> jax.Array:
     """Predicts the noise in x_t (or x0 or v, as trained; see `parametrization`).
 
     Args:
       x_BxHxWxC: [B, H, W, C] noisy images x_t, square.
       t_B: [B] timestep indices (int or float).
       train: turns dropout on; then apply needs a 'dropout' rng if dropout > 0.
+      y_B: [B] int class labels in 0..num_classes (num_classes: the null class) for a
+        conditional network; None: the null class.
 
     Returns:
       [B, H, W, C * outputs_per_channel] float32: the prediction (e.g. eps), then any variance
@@ -200,6 +216,8 @@ class UNet(nn.Module):
 
     temb = temb_dense("temb_dense0")(timestep_embedding(t_B, self.ch))
     temb_BxE = temb_dense("temb_dense1")(nn.silu(temb))
+    label_BxE = label_embedding(self.num_classes, 4 * self.ch, y_B, x_BxHxWxC.shape[0])
+    temb_BxE = temb_BxE + label_BxE.astype(temb_BxE.dtype)
 
     resnet_block = _RematResnetBlock if self.remat else ResnetBlock
     attn_block = _RematAttnBlock if self.remat else AttnBlock

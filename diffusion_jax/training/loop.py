@@ -200,7 +200,13 @@ def _train(
       f"times the device count, {accum} x {mesh.size}: each micro-batch is split over the devices"
     )
   sched = schedules.schedule_from_config(config.diffusion)
-  ds = data.create_dataset(config.data, training.batch_size, config.seed)
+  num_classes = models.num_classes_of(model)
+  ds = data.create_dataset(config.data, training.batch_size, config.seed, labeled=num_classes > 0)
+  if ds.num_classes > num_classes:
+    raise ValueError(
+      f"the data has {ds.num_classes} classes but model.num_classes is {num_classes}; set "
+      f"model.num_classes={ds.num_classes}"
+    )
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
   quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
 
@@ -209,12 +215,14 @@ def _train(
   try:
     state = _restore_or_init(config, model, ds.example_shape, mesh, ckpt, init_key)
     start = int(state.step)
-    batches = ds.iterate(start)
+    batches = ds.iterate(start, labeled=num_classes > 0)
     first_batch = next(batches)  # reads (and so checks) data before the run is recorded
     is_main = jax.process_index() == 0
     if is_main:
       # A resumed run may change how it trains, but not what it models.
       run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
+      if num_classes:
+        run_config.save_class_names(workdir, ds.class_names)
     resume_step = start if start else None
     writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
     run = _Run(
@@ -255,9 +263,15 @@ def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state
   try:
     while step < num_steps:
       count = min(per_call - step % per_call, num_steps - step)
-      x0 = np.stack([next(batches) for _ in range(count)])
-      x0 = jax.make_array_from_process_local_data(stacked_sharding, x0)
-      state, call_metrics = train_steps(state, x0, run.train_key)
+      call_batches = [next(batches) for _ in range(count)]
+      # Each batch is images, or (images, labels) for a class-conditional run.
+      labeled = isinstance(call_batches[0], tuple)
+      parts = zip(*call_batches, strict=True) if labeled else [call_batches]
+      stacked = [
+        jax.make_array_from_process_local_data(stacked_sharding, np.stack(part)) for part in parts
+      ]
+      x0, *labels = stacked
+      state, call_metrics = train_steps(state, x0, run.train_key, *labels)
       step, calls = step + count, calls + 1
       pending.append(call_metrics)
       if throttle and len(pending) > 1:
@@ -332,8 +346,14 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
 
 
 def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
-  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter)."""
+  """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter); a
+  conditional model draws the classes in turn, one class per grid column, guided by
+  sampling.guidance."""
   config = run.config
+  num_classes = models.num_classes_of(run.model)
+  labels = None
+  if num_classes:
+    labels = np.arange(config.training.num_sample_images) % num_classes
   samples, _ = generation.generate(
     run.model,
     models.parametrization_of(config.model),
@@ -346,6 +366,8 @@ def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
     run.mesh,
     samplers.spec_from_config(config.sampling),
     progress=False,
+    labels=labels,
+    guidance_scale=config.sampling.guidance if num_classes else 0.0,
   )
   if jax.process_index() != 0:
     return
@@ -354,5 +376,5 @@ def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
   if not run.ds.is_image:  # over the first points of all the data, not of this process's share
     whole = data.create_dataset(config.data, 1, config.seed, process_index=0, process_count=1)
     reference = whole.data_samples(min(2000, whole.num_examples))
-  picture = images.save_preview(path, samples, reference)
+  picture = images.save_preview(path, samples, reference, ncols=num_classes or None)
   run.writer.write_images(step, {"samples": picture})

@@ -11,6 +11,7 @@ import ml_collections
 from diffusion_jax.configs import default
 
 CONFIG_FILENAME = "config.json"
+CLASSES_FILENAME = "classes.json"  # a class-conditional run's class names, label k at index k
 
 
 def save_config(
@@ -134,3 +135,27 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """Dotted keys added, removed or changed between two flattened configs."""
   keys = old.keys() | new.keys()
   return sorted(k for k in keys if k not in old or k not in new or old[k] != new[k])
+
+
+def save_class_names(workdir: str, class_names: tuple[str, ...]) -> None:
+  """Records a conditional run's class names as `<workdir>/classes.json` (one process only)."""
+  path = os.path.join(workdir, CLASSES_FILENAME)
+  with open(path + ".tmp", "w") as f:
+    json.dump(list(class_names), f)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+def load_class_names(workdir: str) -> tuple[str, ...]:
+  """The class names a conditional run recorded; () for an unconditional run."""
+  path = os.path.join(workdir, CLASSES_FILENAME)
+  if not os.path.exists(path):
+    return ()
+  try:
+    with open(path) as f:
+      names = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from None
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise ValueError(f"{path} must hold a JSON list of class names")
+  return tuple(names)

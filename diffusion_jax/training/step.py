@@ -37,6 +37,7 @@ def train_step(
   state: TrainState,
   x0: jax.Array,
   key: jax.Array,
+  labels: jax.Array | None = None,
   *,
   model: nn.Module,
   kind: parametrization.Parametrization,
@@ -48,6 +49,7 @@ def train_step(
   min_snr_gamma: float = 5.0,
   vlb_weight: float = 0.001,
   grad_accum_steps: int = 1,
+  label_dropout: float = 0.0,
   noise_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the diffusion loss (`losses.diffusion_loss`) plus the EMA update.
@@ -67,6 +69,7 @@ def train_step(
     x0: [B, ...] data batch, split over devices; B must divide by grad_accum_steps times the
       device count.
     key: the run's training key.
+    labels: int [B] class labels for a class-conditional model, split like x0; None otherwise.
     model: the network, called as the `models` call contract says.
     kind: what it predicts.
     sched: the schedule.
@@ -75,12 +78,15 @@ def train_step(
     lr_schedule: the learning rate by step, for the logged metrics.
     weighting, min_snr_gamma, vlb_weight: the loss (see `losses`).
     grad_accum_steps: micro-batches per update.
+    label_dropout: the probability that a label is replaced by the null class (the model's
+      num_classes), which trains the unconditional model of classifier-free guidance.
     noise_sharding: the batch's sharding, for the noise.
 
   Returns:
     (new state, metrics) with scalar `loss`, `grad_norm` and, with lr_schedule, `lr`.
   """
-  flip_key, t_key, noise_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step), 4)
+  step_key = jax.random.fold_in(key, state.step)
+  flip_key, t_key, noise_key, dropout_key = jax.random.split(step_key, 4)
   batch = x0.shape[0]
   if random_flip and x0.ndim == 4:
     flip = jax.random.bernoulli(flip_key, 0.5, (batch,))
@@ -89,12 +95,22 @@ def train_step(
   noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
+  if labels is not None and label_dropout > 0:
+    # Its own fold, so the draws of an unconditional run stay what they were.
+    drop = jax.random.bernoulli(jax.random.fold_in(step_key, 4), label_dropout, labels.shape)
+    labels = jnp.where(drop, models.num_classes_of(model), labels)
 
-  def loss_fn(params, x0_M, t_M, noise_M, micro_dropout_key):
+  def loss_fn(params, x0_M, t_M, noise_M, labels_M, micro_dropout_key):
     """The loss summed over M examples and divided by B: summed over the micro-batches, the whole
     batch's mean."""
     network = lambda x_t, timesteps: models.apply(
-      model, params, x_t, timesteps, train=True, rngs={"dropout": micro_dropout_key}
+      model,
+      params,
+      x_t,
+      timesteps,
+      train=True,
+      rngs={"dropout": micro_dropout_key},
+      labels=labels_M,
     )
     loss_M = losses.diffusion_loss(
       kind.denoiser(network),
@@ -110,7 +126,7 @@ def train_step(
 
   grad_fn = jax.value_and_grad(loss_fn)
   if grad_accum_steps == 1:
-    loss, grads = grad_fn(state.params, x0, t, noise, dropout_key)
+    loss, grads = grad_fn(state.params, x0, t, noise, labels, dropout_key)
   else:
     k = grad_accum_steps
 
@@ -127,13 +143,15 @@ def train_step(
       return jax.lax.with_sharding_constraint(a_MxK.swapaxes(0, 1), sharding.frames_sharding(mesh))
 
     def micro_step(micro):
-      i, x0_M, t_M, noise_M = micro
-      return grad_fn(state.params, x0_M, t_M, noise_M, jax.random.fold_in(dropout_key, i))
+      i, x0_M, t_M, noise_M, labels_M = micro
+      micro_dropout_key = jax.random.fold_in(dropout_key, i)
+      return grad_fn(state.params, x0_M, t_M, noise_M, labels_M, micro_dropout_key)
 
     def accumulate(total, micro):
       return jax.tree.map(jnp.add, total, micro_step(micro)), None
 
-    micros = (jnp.arange(k), micro_batches(x0), micro_batches(t), micro_batches(noise))
+    labels_KxM = None if labels is None else micro_batches(labels)
+    micros = (jnp.arange(k), micro_batches(x0), micro_batches(t), micro_batches(noise), labels_KxM)
     # Zeros in the loss's and the gradients' own dtypes, whichever the network computes in.
     zeros = jax.eval_shape(micro_step, jax.tree.map(lambda a: a[0], micros))
     (loss, grads), _ = scan_or_unroll(accumulate, jax.tree.map(jnp.zeros_like, zeros), micros)
@@ -149,7 +167,11 @@ def train_step(
 
 
 def train_steps(
-  state: TrainState, x0_NxB: jax.Array, key: jax.Array, **step_kwargs
+  state: TrainState,
+  x0_NxB: jax.Array,
+  key: jax.Array,
+  labels_NxB: jax.Array | None = None,
+  **step_kwargs,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """N consecutive `train_step`s in one `lax.scan`, each drawing from fold_in(key, its step).
 
@@ -157,12 +179,18 @@ def train_steps(
     state: the replicated train state.
     x0_NxB: [N, B, ...] the batches of the N steps, each split over devices.
     key: the run's training key.
+    labels_NxB: int [N, B] their class labels for a class-conditional model; None otherwise.
     **step_kwargs: `train_step`'s keyword arguments.
 
   Returns:
     (the state after N steps, metrics) with each of `train_step`'s metrics stacked to [N].
   """
-  return jax.lax.scan(lambda s, x0: train_step(s, x0, key, **step_kwargs), state, x0_NxB)
+
+  def body(s, batch):
+    x0, *labels = batch
+    return train_step(s, x0, key, *labels, **step_kwargs)
+
+  return jax.lax.scan(body, state, (x0_NxB,) if labels_NxB is None else (x0_NxB, labels_NxB))
 
 
 def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
@@ -178,24 +206,33 @@ def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Sch
     min_snr_gamma=config.training.min_snr_gamma,
     vlb_weight=config.training.vlb_weight,
     grad_accum_steps=config.training.grad_accum_steps,
+    label_dropout=config.training.label_dropout,
     noise_sharding=sharding.batch_sharding(mesh),
   )
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_step) for this config: state replicated and donated, batch split over 'data'."""
+def _jit_for_mesh(steps, model: nn.Module, mesh, batch_sharding):
+  """jit with the state replicated and donated, the key replicated, the images and any labels (a
+  class-conditional model's, the fourth argument) split as batch_sharding says."""
   replicated = sharding.replicated(mesh)
+  in_shardings = (replicated, batch_sharding, replicated)
+  if models.num_classes_of(model):
+    in_shardings += (batch_sharding,)
   return jax.jit(
-    functools.partial(train_step, **_step_kwargs(config, model, sched, mesh)),
-    in_shardings=(replicated, sharding.batch_sharding(mesh), replicated),
-    out_shardings=(replicated, replicated),
-    donate_argnums=0,
+    steps, in_shardings=in_shardings, out_shardings=(replicated, replicated), donate_argnums=0
   )
 
 
+def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
+  """jit(train_step) for this config, called step(state, x0 [B, ...], key[, labels [B]]) with
+  the batch split over 'data' (labels for a class-conditional model: models.num_classes_of > 0)."""
+  step = functools.partial(train_step, **_step_kwargs(config, model, sched, mesh))
+  return _jit_for_mesh(step, model, mesh, sharding.batch_sharding(mesh))
+
+
 def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_steps) for this config: state replicated and donated, batches [N, B, ...] split
-  over 'data' along B. Each N compiles once.
+  """jit(train_steps) for this config, called steps(state, x0 [N, B, ...], key[, labels [N, B]])
+  with the batches split over 'data' along B. Each N compiles once.
 
   On the CPU it runs the N steps as N calls of `make_train_step`'s program instead: XLA's CPU
   backend runs convolutions inside a loop far slower than outside one (25x for the digits U-Net),
@@ -205,18 +242,13 @@ def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched:
   if jax.default_backend() == "cpu":
     one_step = make_train_step(config, model, sched, mesh)
 
-    def step_by_step(state, x0_NxB, key):
+    def step_by_step(state, x0_NxB, key, *labels_NxB):
       metrics = []
       for i in range(x0_NxB.shape[0]):
-        state, step_metrics = one_step(state, x0_NxB[i], key)
+        state, step_metrics = one_step(state, x0_NxB[i], key, *(y[i] for y in labels_NxB))
         metrics.append(step_metrics)
       return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
     return step_by_step
-  replicated = sharding.replicated(mesh)
-  return jax.jit(
-    functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh)),
-    in_shardings=(replicated, sharding.frames_sharding(mesh), replicated),
-    out_shardings=(replicated, replicated),
-    donate_argnums=0,
-  )
+  steps = functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh))
+  return _jit_for_mesh(steps, model, mesh, sharding.frames_sharding(mesh))
