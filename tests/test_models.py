@@ -12,7 +12,7 @@ import pytest
 
 from diffusion_jax.configs import cifar10, default, toy2d
 from diffusion_jax.models import MLP, UNet, create_model
-from diffusion_jax.models.layers import timestep_embedding
+from diffusion_jax.models.layers import GroupNorm, timestep_embedding
 from diffusion_jax.models.unet import GN_EPSILON, AttnBlock
 
 
@@ -384,3 +384,42 @@ def test_create_model_rejects_bad_config(overrides, message):
     config[group][field] = value
   with pytest.raises(ValueError, match=message):
     create_model(config)
+
+
+# --- GroupNorm ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "shape, groups, offset", [((2, 4, 4, 8), 4, 0.0), ((3, 8, 8, 16), 8, 3.0), ((2, 5, 6), 2, -1.0)]
+)
+def test_group_norm_matches_flax_values_and_gradients(shape, groups, offset):
+  rng = np.random.default_rng(0)
+  x = offset + 2.0 * rng.standard_normal(shape).astype(np.float32)
+  params = {
+    "scale": rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32),
+    "bias": rng.standard_normal(shape[-1]).astype(np.float32),
+  }
+  ours, theirs = GroupNorm(groups, epsilon=1e-6), nn.GroupNorm(groups, epsilon=1e-6)
+  # Same parameter tree, so checkpoints written with flax's GroupNorm load unchanged.
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+    jnp.shape, theirs.init(jax.random.key(0), x)
+  )
+  weights = rng.standard_normal(shape).astype(np.float32)
+
+  def loss(module):
+    return lambda p, x: jnp.sum(jnp.tanh(module.apply({"params": p}, x)) * weights)
+
+  np.testing.assert_allclose(
+    ours.apply({"params": params}, x), theirs.apply({"params": params}, x), atol=2e-5
+  )
+  for got, want in zip(
+    jax.grad(loss(ours), argnums=(0, 1))(params, x),
+    jax.grad(loss(theirs), argnums=(0, 1))(params, x),
+    strict=True,
+  ):
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4), got, want)
+
+
+def test_group_norm_rejects_groups_that_do_not_divide_channels():
+  with pytest.raises(ValueError, match="3 groups do not divide 8 channels"):
+    GroupNorm(3).init(jax.random.key(0), jnp.zeros((1, 2, 2, 8)))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (
   ZERO_ISH_SCALE,
+  GroupNorm,
   default_init,
   label_embedding,
   timestep_embedding,
@@ -75,7 +76,7 @@ def _conv3x3(
 def _group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
   """GroupNorm in float32 (statistics, normalisation and affine map: in bfloat16, x - mean would
   lose the small deviations it rescales), its output cast to the compute dtype."""
-  norm = nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, dtype=jnp.float32, name=name)
+  norm = GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, name=name)
   return lambda x: norm(x).astype(dtype)
 
 
