@@ -28,6 +28,7 @@ def digits_small(num_train_steps: int = 4):
   config.model.num_groups = 4
   config.diffusion.num_timesteps = 20
   config.training.batch_size = 8
+  config.training.grad_accum_steps = 1  # one program per step: quicker to compile
   config.training.num_train_steps = num_train_steps
   config.training.log_every = 2
   config.training.checkpoint_every = 2
