@@ -33,6 +33,7 @@ DIGITS_FLAGS = [
   "--config.model.num_groups=4",
   "--config.diffusion.num_timesteps=20",
   "--config.training.batch_size=8",
+  "--config.training.grad_accum_steps=1",  # one program per step: quicker to compile
   "--config.training.num_train_steps=4",
   "--config.training.log_every=2",
   "--config.training.checkpoint_every=2",
