@@ -14,6 +14,7 @@ _MODULES = (
   "continuous_time",
   "data",
   "diffusion",
+  "editing",
   "evaluation",
   "guidance",
   "images",

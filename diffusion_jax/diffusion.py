@@ -113,6 +113,20 @@ def q_sample(sched: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> 
   )
 
 
+def q_sample_from(
+  sched: Schedule, x_s: jax.Array, s: jax.Array, t: jax.Array, noise: jax.Array
+) -> jax.Array:
+  """Draws x_t ~ q(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, (1 - abar_t / abar_s) I) for a time t
+  noisier than s (scalar int indices, -1 for clean data, or float continuous times): the forward
+  process from x_s straight to t, whose one step has beta_{t|s} (DDIM eq. 7)."""
+  t, s = jnp.asarray(t), jnp.asarray(s)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    log_ratio = log_alpha_bar_ratio(sched, t, s)
+  else:
+    log_ratio = log_alpha_bar_at(sched, t) - log_alpha_bar_at(sched, s)
+  return jnp.exp(0.5 * log_ratio) * x_s + jnp.sqrt(-jnp.expm1(log_ratio)) * noise
+
+
 def q_posterior_mean_variance(sched: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array):
   """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0), DDPM eqs. 6-7."""
   mean = (

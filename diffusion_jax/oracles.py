@@ -7,6 +7,10 @@ and its score and the optimal L_simple predictor eps* = -sqrt(1 - abar) grad log
 form.
 Image-shaped data [B, H, W, C] is a mixture over the flattened vector (D = H W C).
 
+One Gaussian with a full covariance (`Gaussian`): x_t ~ N(sqrt(abar) mu, abar Sigma + (1 - abar) I),
+so eps* is linear in x_t and every conditional on observed coordinates is closed form (the editing
+tests: inpainting against the exact conditional Gaussian).
+
 Class-conditional data (`ClassMixture`): class y ~ Cat(pi), then x_0 from class y's own mixture.
 Each q_t(x | y) is again a mixture, q_t(x) is the mixture of all components with weights
 pi_y w_{y,k}, and p_t(y | x) = pi_y q_t(x | y) / q_t(x) by Bayes; so the conditional and
@@ -83,6 +87,32 @@ class GaussianMixture:
     """Optimal L_simple predictor eps* = -sqrt(1 - abar) grad log q_t(x) for x [N, D]; [N, D]."""
     abar_N1 = _column(alpha_bar, x_ND.shape[0])
     return -jnp.sqrt(1.0 - abar_N1) * self.score_t(x_ND, alpha_bar)
+
+
+@flax.struct.dataclass
+class Gaussian:
+  """q_0 = N(mu, Sigma) in R^D: mean mu [D], covariance Sigma [D, D] (positive definite)."""
+
+  mean: jax.Array
+  covariance: jax.Array
+
+  @property
+  def dim(self) -> int:
+    return self.mean.shape[0]
+
+  def sample(self, key: jax.Array, n: int) -> jax.Array:
+    """Draws n points x_0 = mu + L z with L L^T = Sigma; returns [n, D]."""
+    z_ND = jax.random.normal(key, (n, self.dim), jnp.float32)
+    return self.mean[None] + z_ND @ jnp.linalg.cholesky(self.covariance).T
+
+  def eps(self, x_ND: jax.Array, alpha_bar: jax.Array) -> jax.Array:
+    """eps* = E[eps | x_t] = sqrt(1 - abar) C_t^-1 (x - sqrt(abar) mu), C_t = abar Sigma +
+    (1 - abar) I the covariance of x_t, for x [N, D] and alpha-bar a scalar or [N]; [N, D]."""
+    abar_N1 = _column(alpha_bar, x_ND.shape[0])
+    abar_N11 = abar_N1[:, :, None]
+    cov_NDD = abar_N11 * self.covariance[None] + (1.0 - abar_N11) * jnp.eye(self.dim)[None]
+    d_ND = x_ND - jnp.sqrt(abar_N1) * self.mean[None]
+    return jnp.sqrt(1.0 - abar_N1) * jnp.linalg.solve(cov_NDD, d_ND[:, :, None])[:, :, 0]
 
 
 def _alpha_bar_of(sched: Schedule, t_B: jax.Array) -> jax.Array:
@@ -187,7 +217,7 @@ def classifier_for(mixture: ClassMixture, sched: Schedule):
   return log_prob
 
 
-def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> continuous_time.EpsFn:
+def eps_fn_for(mixture: GaussianMixture | Gaussian, sched: Schedule) -> continuous_time.EpsFn:
   """The exact eps_fn(x, t) of `mixture` under `sched`, for x [B, ...] (flattened to [B, D]).
 
   An integer index t [B] uses the discrete alpha-bar = sched.alphas_cumprod[t]; a float index uses
@@ -204,7 +234,7 @@ def eps_fn_for(mixture: GaussianMixture, sched: Schedule) -> continuous_time.Eps
 
 
 def network_for(
-  mixture: GaussianMixture, sched: Schedule, prediction: str = "eps"
+  mixture: GaussianMixture | Gaussian, sched: Schedule, prediction: str = "eps"
 ) -> parametrization.Denoiser:
   """The exact denoiser of `mixture` predicting eps, x0 or v: eps* converted by its noise level
   (x0* = E[x0 | x_t] and v* = alpha eps* - sigma x0*, see `parametrization`)."""

@@ -27,6 +27,7 @@ LAYERS = [
   {"sharding", "images", "configs"},
   {"models", "data", "pretrained"},
   {"samplers", "likelihood"},
+  {"editing"},
   {"metrics"},
   {"training"},
   {"evaluation"},

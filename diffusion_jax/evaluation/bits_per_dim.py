@@ -19,12 +19,15 @@ _MEANINGS = {
 }
 
 
-def vlb(run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, seed: int) -> dict:
-  """The variational bound: discretized decoder for images, Gaussian (a density) for vectors."""
+def vlb_summary(
+  run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, seed: int
+) -> tuple[likelihood_vlb.VLBSummary, dict]:
+  """The bound's summary over the split, and the settings it was computed with: the run's own
+  sampling variance and x0 clipping, the discretized decoder for images, Gaussian for vectors."""
   decoder = "discretized" if ds.is_image else "gaussian"
   sampling = run.config.sampling
   kind = run.kind
-  kwargs = dict(
+  settings = dict(
     # As the run samples: its variance, and x0 clipped when the config says so (default: images).
     variance=sampling.variance or ("learned" if kind.learned_variance else "fixedlarge"),
     clip_x0=ds.is_image if sampling.clip_x0 is None else sampling.clip_x0,
@@ -37,10 +40,20 @@ def vlb(run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, se
     jax.random.key(seed),
     decoder=decoder,
     num_examples=num_examples,
-    **kwargs,
+    **settings,
   )
-  fields = dict(dataclasses.asdict(summary), terms_bpd=summary.terms_bpd.tolist())
-  return dict(meaning=_MEANINGS[decoder], decoder=decoder, **kwargs, **fields)
+  return summary, dict(decoder=decoder, **settings)
+
+
+def vlb(run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, seed: int) -> dict:
+  """The variational bound: discretized decoder for images, Gaussian (a density) for vectors."""
+  summary, settings = vlb_summary(run, ds, batch_size, num_examples, seed)
+  fields = dict(
+    dataclasses.asdict(summary),
+    terms_bpd=summary.terms_bpd.tolist(),
+    x0_mse=summary.x0_mse.tolist(),
+  )
+  return dict(meaning=_MEANINGS[settings["decoder"]], **settings, **fields)
 
 
 def ode(run: LoadedRun, ds: data.Dataset, batch_size: int, num_examples: int, seed: int) -> dict:

@@ -29,6 +29,7 @@ class VLBTerms:
   prior_bpd: jax.Array  # [B], L_T
   terms_bpd: jax.Array  # [B, T]: index 0 is L_0, index t >= 1 is L_t (the KL at paper step t+1)
   total_bpd: jax.Array  # [B]
+  x0_mse: jax.Array  # [B, T]: mean over dimensions of (x0_hat(x_t) - x0)^2 for the term's x_t
 
 
 def vlb_terms(
@@ -56,7 +57,7 @@ def vlb_terms(
       vectors.
 
   Returns:
-    VLBTerms with prior_bpd [B], terms_bpd [B, T] and total_bpd [B].
+    VLBTerms with prior_bpd [B], terms_bpd [B, T], total_bpd [B] and x0_mse [B, T].
   """
   denoiser = parametrization.as_denoiser(model)
   variance = variance or ("learned" if denoiser.learned_variance else "fixedlarge")
@@ -68,20 +69,23 @@ def vlb_terms(
   batch = x0.shape[0]
   num_dims = math.prod(x0.shape[1:])
 
-  def term(t: jax.Array) -> jax.Array:
+  def term(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     t_B = jnp.full((batch,), t, jnp.int32)
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
     denoised = denoiser(sched, diffusion.q_sample(sched, x0, t_B, noise), t_B)
     if clip_x0:
       denoised = denoised.clip_x0()
-    return variational_bound.term(sched, denoised, x0, t_B, variance=variance, decoder=decoder)
+    nats = variational_bound.term(sched, denoised, x0, t_B, variance=variance, decoder=decoder)
+    return nats, jnp.square(denoised.x0 - x0).reshape(batch, -1).mean(axis=1)
 
-  terms_BT = jax.lax.map(term, jnp.arange(sched.num_timesteps, dtype=jnp.int32)).T
+  terms_TB, x0_mse_TB = jax.lax.map(term, jnp.arange(sched.num_timesteps, dtype=jnp.int32))
+  terms_BT = terms_TB.T
   prior_B = variational_bound.prior_term(sched, x0)  # L_T, eq. 5
   return VLBTerms(
     prior_bpd=variational_bound.nats_to_bpd(prior_B, num_dims),
     terms_bpd=variational_bound.nats_to_bpd(terms_BT, num_dims),
     total_bpd=variational_bound.nats_to_bpd(prior_B + terms_BT.sum(axis=1), num_dims),
+    x0_mse=x0_mse_TB.T,
   )
 
 
@@ -93,6 +97,7 @@ class VLBSummary:
   total_bpd_stderr: float  # standard error of that mean over examples
   prior_bpd: float  # L_T
   terms_bpd: np.ndarray  # [T], index t as in VLBTerms
+  x0_mse: np.ndarray  # [T], as in VLBTerms
   num_examples: int
   num_network_evals: int  # T per example
 
@@ -145,7 +150,8 @@ def evaluate_vlb(
   )
   num_timesteps = sched.num_timesteps
   seen, padded = 0, 0
-  total_sum, total_sq, prior_sum, terms_sum = 0.0, 0.0, 0.0, np.zeros(num_timesteps)
+  total_sum, total_sq, prior_sum = 0.0, 0.0, 0.0
+  terms_sum, x0_mse_sum = np.zeros(num_timesteps), np.zeros(num_timesteps)
   bar = tqdm.tqdm(total=num_examples, desc="vlb", unit="example", disable=not progress)
   for i, batch in enumerate(batches):
     batch = batch if num_examples is None else batch[: num_examples - seen]
@@ -163,6 +169,7 @@ def evaluate_vlb(
     total_sq += np.square(total).sum()
     prior_sum += np.asarray(terms.prior_bpd[:n], np.float64).sum()
     terms_sum += np.asarray(terms.terms_bpd[:n], np.float64).sum(axis=0)
+    x0_mse_sum += np.asarray(terms.x0_mse[:n], np.float64).sum(axis=0)
     seen += n
     bar.update(n)
     bar.set_postfix(bpd=f"{total_sum / seen:.4f}")
@@ -176,6 +183,7 @@ def evaluate_vlb(
     total_bpd_stderr=math.sqrt(variance_of_mean),
     prior_bpd=float(prior_sum / seen),
     terms_bpd=terms_sum / seen,
+    x0_mse=x0_mse_sum / seen,
     num_examples=seen,
     num_network_evals=seen * num_timesteps,
   )
