@@ -16,6 +16,7 @@ _MODULES = (
   "diffusion",
   "editing",
   "evaluation",
+  "figures",
   "guidance",
   "images",
   "likelihood",

@@ -90,6 +90,47 @@ def save_png(path: str, image: np.ndarray) -> None:
   _to_pil(image).save(path, format="PNG")
 
 
+def load_image(path: str, example_shape: tuple[int, ...]) -> np.ndarray:
+  """Reads a PNG/JPEG as float32 [H, W, C] in [-1, 1], refusing one of another size or channels.
+
+  Args:
+    path: the file.
+    example_shape: (H, W, C) the run's images have, C in {1, 3}.
+  """
+  height, width, channels = example_shape
+  try:
+    image = Image.open(path)
+    image.load()
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"cannot read {path} as an image: {e}") from None
+  found = {"L": 1, "RGB": 3}.get(image.mode)
+  if found is None:
+    raise ValueError(f"{path} is a {image.mode} image; give greyscale (L) or RGB")
+  if found != channels:
+    raise ValueError(f"{path} has {found} channel(s); the run's images have {channels}")
+  if image.size != (width, height):
+    raise ValueError(
+      f"{path} is {image.size[0]}x{image.size[1]}; the run's images are {width}x{height}"
+    )
+  pixels = np.asarray(image, np.float32).reshape(height, width, channels)
+  return pixels / 127.5 - 1.0
+
+
+def load_mask(path: str, height: int, width: int) -> np.ndarray:
+  """Reads a mask picture of size height x width as bool [H, W]: True where it is light (>= 128
+  in greyscale)."""
+  try:
+    image = Image.open(path)
+    image.load()
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"cannot read the mask {path} as an image: {e}") from None
+  if image.size != (width, height):
+    raise ValueError(
+      f"the mask {path} is {image.size[0]}x{image.size[1]}; the run's images are {width}x{height}"
+    )
+  return np.asarray(image.convert("L")) >= 128
+
+
 def save_samples_npz(path: str, images: np.ndarray) -> None:
   """Writes samples under the key 'arr_0', which FID tools read; numpy appends .npz if missing.
 

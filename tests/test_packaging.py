@@ -24,7 +24,7 @@ LAYERS = [
     "oracles",
     "guidance",
   },
-  {"sharding", "images", "configs"},
+  {"sharding", "images", "figures", "configs"},
   {"models", "data", "pretrained"},
   {"samplers", "likelihood"},
   {"editing"},

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import data, diffusion, images, samplers, sharding
+from diffusion_jax import data, diffusion, figures, images, samplers, sharding
 from diffusion_jax.evaluation.run_loading import LoadedRun
-from diffusion_jax.samplers import generation
+from diffusion_jax.samplers import generation, progressive
 
 NUM_GIF_FRAMES = 50
 MAX_GIF_IMAGES = 64
@@ -23,11 +23,16 @@ def reference_points(run: LoadedRun) -> np.ndarray | None:
   return ds.data_samples(ds.num_examples)
 
 
-def _forward_frames(run: LoadedRun, x0: np.ndarray, num_frames: int, key) -> np.ndarray:
-  """x_t ~ q(x_t | x0) at num_frames timesteps from 0 to T-1: the animation's forward half."""
+def forward_times(num_timesteps: int, num_frames: int) -> np.ndarray:
+  """num_frames timesteps from 0 to T - 1, evenly spaced: the forward process's frames."""
+  return np.linspace(0, num_timesteps - 1, num_frames).round().astype(np.int32)
+
+
+def forward_frames(run: LoadedRun, x0: np.ndarray, times: np.ndarray, key) -> np.ndarray:
+  """x_t ~ q(x_t | x0) at each of `times`, one noise draw per timestep; [F, *x0.shape]."""
   x0 = jnp.asarray(x0)
   frames = []
-  for t in np.linspace(0, run.sched.num_timesteps - 1, num_frames).round().astype(np.int32):
+  for t in times:
     noise = jax.random.normal(jax.random.fold_in(key, int(t)), x0.shape)
     frames.append(diffusion.q_sample(run.sched, x0, jnp.full((x0.shape[0],), t), noise))
   return np.stack(jax.device_get(frames))
@@ -35,13 +40,15 @@ def _forward_frames(run: LoadedRun, x0: np.ndarray, num_frames: int, key) -> np.
 
 def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key, mesh) -> None:
   """Animates the reverse process of `spec` (ancestral for `ode_adaptive`, which has no fixed
-  steps); for 2D data the forward process plays first (data -> noise)."""
+  steps), the time index on every frame; for 2D data the forward process plays first (data ->
+  noise)."""
   reference = reference_points(run)
   num = MAX_GIF_IMAGES if reference is None else min(MAX_GIF_POINTS, len(reference))
   num = -(-num // mesh.size) * mesh.size
   if spec.name == "ode_adaptive":
     spec = samplers.SamplerSpec("ancestral", clip_x0=spec.clip_x0)
-  num_steps = samplers.grid(spec, run.sched).shape[0] - 1
+  times = samplers.grid(spec, run.sched)
+  every = max(1, (len(times) - 1) // NUM_GIF_FRAMES)
   sample_fn = generation.make_sample_fn(
     run.model,
     run.kind,
@@ -49,17 +56,24 @@ def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key
     (num, *run.example_shape),
     mesh,
     spec,
-    trajectory_every=max(1, num_steps // NUM_GIF_FRAMES),
+    trajectory_every=every,
   )
   _, trajectory = sample_fn(run.params, key)
   trajectory = sharding.to_host(trajectory)
+  titles = [f"reverse t={t:.0f}" for t in progressive.frame_times(times, every)]
   if reference is None:
-    frames = [images.preview_picture(np.clip(f, -1, 1)) for f in trajectory]
+    pictures = [images.preview_picture(np.clip(f, -1, 1)) for f in trajectory]
+    frames = [figures.titled(p, title) for p, title in zip(pictures, titles, strict=True)]
   else:
     x0 = reference[:num]
-    path_frames = np.concatenate([_forward_frames(run, x0, len(trajectory), key), trajectory])
+    ts = forward_times(run.sched.num_timesteps, len(trajectory))
+    path_frames = np.concatenate([forward_frames(run, x0, ts, key), trajectory])
+    titles = [f"forward t={t}" for t in ts] + titles
     lims = images.points_limits(np.concatenate([x0, trajectory[-1]]))
-    frames = [images.scatter_image(f, lims=lims) for f in path_frames]
+    frames = [
+      images.scatter_image(f, lims=lims, title=title)
+      for f, title in zip(path_frames, titles, strict=True)
+    ]
   if jax.process_index() == 0:
     images.save_gif(path, frames + [frames[-1]] * 10)  # hold the last frame
 

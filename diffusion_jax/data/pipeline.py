@@ -148,6 +148,14 @@ class Dataset:
 
     return _prefetch(make, 0, num_batches)
 
+  def examples_at(self, indices: list[int]) -> np.ndarray:
+    """The examples at these positions of `ordered_batches`' order; float32 [N, *example_shape]."""
+    lo, hi = self._share()
+    bad = [i for i in indices if not 0 <= i < hi - lo]
+    if bad:
+      raise ValueError(f"example index {bad[0]} is outside [0, {hi - lo})")
+    return self._examples.load(lo + np.asarray(indices, np.int64))
+
   def data_samples(self, n: int) -> np.ndarray:
     """Returns the first n examples of `ordered_batches`, e.g. as a reference for plots.
 

@@ -29,6 +29,11 @@ def frame_times(times: np.ndarray, every: int) -> np.ndarray:
   return np.asarray([times[0]] + [times[k + 1] for k in steps])
 
 
+def record_every(num_steps: int, num_frames: int) -> int:
+  """The recording period that gives about num_frames frames of a chain of num_steps steps."""
+  return max(1, num_steps // (num_frames - 1))
+
+
 def progressive_generation(
   model: parametrization.Denoiser | parametrization.Network,
   sched: Schedule,
@@ -53,7 +58,7 @@ def progressive_generation(
     raise ValueError(f"num_frames must be >= 2, got {num_frames}")
   denoiser = parametrization.as_denoiser(model)
   times = registry.grid(spec, sched)
-  every = max(1, (len(times) - 1) // (num_frames - 1))
+  every = record_every(len(times) - 1, num_frames)
   result = registry.sample(denoiser, sched, shape, key, spec, trajectory_every=every)
   at = frame_times(times, every)
   clip = registry.resolved_clip(spec, shape)
