@@ -17,5 +17,18 @@ atexit.register(shutil.rmtree, os.environ["DIFFUSION_JAX_CACHE"], ignore_errors=
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory) -> str:
+  """The workdir of a 4-step digits run of `tests.test_cli.DIGITS_FLAGS`, trained once per
+  session and shared: tests may add outputs under new names but must not change what is there."""
+  from tests.scripts import run_script
+  from tests.test_cli import DIGITS_FLAGS
+
+  workdir = str(tmp_path_factory.mktemp("shared") / "digits")
+  run_script("train.py", *DIGITS_FLAGS, f"--workdir={workdir}", check=True)
+  return workdir

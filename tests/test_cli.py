@@ -73,11 +73,18 @@ def test_toy2d_train_then_sample_with_gif(tmp_path):
   assert_fails_cleanly(again, "already holds outputs")
 
 
-def test_digits_train_then_sample_images(tmp_path):
-  workdir = str(tmp_path / "digits")
-  run("train.py", *DIGITS_FLAGS, f"--workdir={workdir}")
-  run("sample.py", f"--workdir={workdir}", "--num_samples=6", "--batch_size=4", "--step=2")
-  out = os.path.join(workdir, "samples", "step_0000002_seed_0")
+def test_digits_train_then_sample_images(tiny_digits_run, tmp_path):
+  workdir = tiny_digits_run
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  out = str(tmp_path / "samples")
+  run(
+    "sample.py",
+    f"--workdir={workdir}",
+    "--num_samples=6",
+    "--batch_size=4",
+    "--step=2",
+    f"--out={out}",
+  )
   images = np.load(os.path.join(out, "samples.npz"))["arr_0"]
   assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
   assert images.std() > 0

@@ -1,6 +1,8 @@
 """What edit.py does: read inputs and masks, run SDEdit, inpainting or interpolation on a loaded
 run, and lay the results out as pictures (one row per input)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,8 +47,10 @@ def known_mask(mask: str, example_shape: tuple[int, ...]) -> np.ndarray:
     fill |= rows >= height // 2
   elif mask == "center":
     fill |= (abs(2 * rows - height + 1) < height // 2) & (abs(2 * cols - width + 1) < width // 2)
-  else:
+  elif os.path.isfile(mask):
     fill = images.load_mask(mask, height, width)
+  else:
+    raise ValueError(f"--mask {mask!r} is neither a file nor one of {', '.join(MASK_PRESETS)}")
   if not fill.any():
     raise ValueError(f"--mask {mask!r} leaves nothing to generate")
   return (~fill).astype(np.float32)[..., None]
