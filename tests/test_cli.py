@@ -72,6 +72,13 @@ def test_toy2d_train_then_sample_with_gif(tmp_path):
   again = run("sample.py", f"--workdir={workdir}", f"--out={out}", check=False)
   assert_fails_cleanly(again, "already holds outputs")
 
+  # The seed tutorial's strips: 256-pixel scatter panels of q(x_t) and of the reverse chain.
+  out = str(tmp_path / "analysis")
+  run("analyze.py", "progressive", f"--workdir={workdir}", "--num_samples=50", f"--out={out}")
+  for name in ("forward.png", "reverse.png", "progressive.png"):
+    assert Image.open(os.path.join(out, name)).size[0] >= 10 * 256, name
+  assert Image.open(os.path.join(out, "forward_reverse.gif")).n_frames >= 20
+
 
 def test_digits_train_then_sample_images(tiny_digits_run, tmp_path):
   workdir = tiny_digits_run
