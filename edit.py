@@ -11,8 +11,10 @@ Commands:
                slerp, decoded); writes a strip and a GIF.
 
 Inputs are PNG/JPEG files of the run's size and channels (--images=a.png,b.png) or training
-examples (--data_index=3,10). Outputs go to <workdir>/edits/<command>_step_<N>_seed_<S>/: the
-picture (<command>.png), the results as uint8 arrays (<command>.npz) and, for interpolate, a GIF.
+examples (--data_index=3,10). On a class-conditional run, sdedit and inpaint take --label (and
+--guidance) to edit towards a class; without it they use the null class. Outputs go to
+<workdir>/edits/<command>_step_<N>_seed_<S>/: the picture (<command>.png), the results as uint8
+arrays (<command>.npz) and, for interpolate, a GIF.
 """
 
 import os
@@ -22,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from diffusion_jax import figures, images
-from diffusion_jax.cli import edit_commands, logs
+from diffusion_jax.cli import edit_commands, logs, sample_outputs
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.evaluation import run_loading
 
@@ -46,6 +48,12 @@ _METHOD = flags.DEFINE_enum(
   "method", "stochastic", ["stochastic", "deterministic"], "interpolate: how."
 )
 _FRAMES = flags.DEFINE_integer("frames", 8, "interpolate: frames.", lower_bound=2)
+_LABEL = flags.DEFINE_string(
+  "label", None, "sdedit, inpaint on a conditional run: the class to edit towards (index or name)."
+)
+_GUIDANCE = flags.DEFINE_float(
+  "guidance", 0.0, "With --label: classifier-free guidance scale w.", lower_bound=0.0
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0)
 _OUT = flags.DEFINE_string("out", None, "Output folder (default under <workdir>/edits).")
@@ -58,9 +66,17 @@ def _edit(command: str, run) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
   """(the picture, the results [N, H, W, C] in [-1, 1], GIF frames or [])."""
   x = edit_commands.input_images(run, _IMAGES.value, _DATA_INDEX.value)
   spec = _spec_from_flags(run.config.sampling)
+  label = None
+  if _LABEL.value is not None:
+    if command == "interpolate":
+      raise ValueError("--label is for sdedit and inpaint")
+    label = int(sample_outputs.class_labels(run, [_LABEL.value], None, 1)[0])
+  elif _GUIDANCE.value:
+    raise ValueError("--guidance needs --label")
+  conditioning = dict(label=label, guidance=_GUIDANCE.value)
   if command == "sdedit":
     rows, results = edit_commands.sdedit_rows(
-      run, x, spec, _STRENGTH.value, _VARIANTS.value, _SEED.value
+      run, x, spec, _STRENGTH.value, _VARIANTS.value, _SEED.value, **conditioning
     )
     titles = ["input", f"t0={_STRENGTH.value:g}T"] + ["edit"] * _VARIANTS.value
     return edit_commands.rows_picture(rows, titles), results, []
@@ -75,6 +91,7 @@ def _edit(command: str, run) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
       _SEED.value,
       resample=_RESAMPLE.value,
       jump_length=_JUMP.value,
+      **conditioning,
     )
     titles = ["input", "kept"] + ["result"] * _VARIANTS.value
     return edit_commands.rows_picture(rows, titles), results, []

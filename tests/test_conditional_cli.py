@@ -37,6 +37,12 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
   bad = run_script("sample.py", *args, "--labels=3,10", f"--out={tmp_path / 'bad'}")
   assert_fails_cleanly(bad, "unknown class label '10'; give 0..9 or one of 0, 1")
 
+  # edit.py inpaints towards a class, under guidance.
+  out = str(tmp_path / "edit")
+  edit = ["inpaint", "--data_index=0", "--label=7", "--guidance=1", "--variants=2", f"--out={out}"]
+  run_script("edit.py", *edit, *args[:1], *args[2:], check=True)
+  assert np.load(os.path.join(out, "inpaint.npz"))["arr_0"].shape == (2, 8, 8, 1)
+
   # evaluate.py draws the classes in turn and adds the digits classifier's accuracy on them.
   flags = ["--num_samples=20", "--batch_size=8", "--sampler=ddim", "--steps=4", "--metrics=fid"]
   proc = run_script("evaluate.py", f"--workdir={workdir}", *flags, "--guidance=2", check=True)

@@ -56,14 +56,24 @@ def known_mask(mask: str, example_shape: tuple[int, ...]) -> np.ndarray:
   return (~fill).astype(np.float32)[..., None]
 
 
-def _denoiser(run: LoadedRun, params):
-  return models.denoiser(run.model, params, run.kind)
+def _denoiser(run: LoadedRun, params, batch: int, label: int | None, guidance: float):
+  """The run's model; with a label (conditional runs), that class for all `batch` examples under
+  classifier-free guidance of scale `guidance`; without one, the null class."""
+  labels = None if label is None else jnp.full((batch,), label, jnp.int32)
+  return models.denoiser(run.model, params, run.kind, labels=labels, guidance_scale=guidance)
 
 
 def sdedit_rows(
-  run: LoadedRun, x: np.ndarray, spec: SamplerSpec, strength: float, variants: int, seed: int
+  run: LoadedRun,
+  x: np.ndarray,
+  spec: SamplerSpec,
+  strength: float,
+  variants: int,
+  seed: int,
+  label: int | None = None,
+  guidance: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """SDEdit of every input `variants` times.
+  """SDEdit of every input `variants` times, towards class `label` for a conditional run.
 
   Returns:
     (rows [N, 2 + variants, H, W, C]: the input, its noised x_t0 and the edits; edits
@@ -76,7 +86,7 @@ def sdedit_rows(
     # A trajectory recorded every S steps holds the start state, x_t0, and the last.
     every = len(grid(spec, run.sched))
     result = sdedit.sdedit(
-      _denoiser(run, params),
+      _denoiser(run, params, len(repeated), label, guidance),
       run.sched,
       repeated,
       key,
@@ -103,8 +113,10 @@ def inpaint_rows(
   *,
   resample: int,
   jump_length: int,
+  label: int | None = None,
+  guidance: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Inpainting of every input `variants` times.
+  """Inpainting of every input `variants` times, as class `label` for a conditional run.
 
   Returns:
     (rows [N, 2 + variants, H, W, C]: the input, the kept part (the rest grey) and the results;
@@ -115,7 +127,7 @@ def inpaint_rows(
   @jax.jit
   def run_edit(params, key):
     result = inpainting.inpaint(
-      _denoiser(run, params),
+      _denoiser(run, params, len(repeated), label, guidance),
       run.sched,
       repeated,
       jnp.asarray(keep),
@@ -151,7 +163,7 @@ def interpolation_frames(
 
   @jax.jit
   def run_frames(params, key):
-    model = _denoiser(run, params)
+    model = _denoiser(run, params, 1, None, 0.0)
     if method == "stochastic":
       return interpolation.stochastic(
         model, run.sched, x_a, x_b, key, spec, num_frames=num_frames, strength=strength
