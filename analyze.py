@@ -59,10 +59,7 @@ def main(argv):
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "analysis", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )
-    if os.path.exists(out) and not os.path.isdir(out):
-      raise ValueError(f"--out {out} is a file; give a folder for the outputs")
-    if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
-      raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
+    cli_flags.check_output_folder(out, _OVERWRITE.value)
     if command == "progressive":
       spec = _spec_from_flags(run.config.sampling)
       if spec.name == "ode_adaptive":

@@ -115,10 +115,7 @@ def main(argv):
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "edits", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )
-    if os.path.exists(out) and not os.path.isdir(out):
-      raise ValueError(f"--out {out} is a file; give a folder for the outputs")
-    if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
-      raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
+    cli_flags.check_output_folder(out, _OVERWRITE.value)
     picture, results, gif_frames = _edit(command, run)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -68,10 +68,7 @@ def main(argv):
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "samples", f"step_{run.step:07d}_seed_{_SEED.value}"
     )
-    if os.path.exists(out) and not os.path.isdir(out):
-      raise ValueError(f"--out {out} is a file; give a folder for the outputs")
-    if os.path.isdir(out) and os.listdir(out) and not _OVERWRITE.value:
-      raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
+    cli_flags.check_output_folder(out, _OVERWRITE.value)
     spec = _spec_from_flags(run.config.sampling)
     batch_size = _BATCH_SIZE.value or run.config.sampling.batch_size
     classifier, classes_of = None, None

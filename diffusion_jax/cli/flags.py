@@ -7,6 +7,7 @@ MPI, TPU pods, ...). Anywhere else, e.g. several processes on one machine, give 
 address, the process count and each process's id explicitly.
 """
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -44,6 +45,14 @@ def _message(error: BaseException) -> str:
     error = error.args[0]
   text = str(error.args[0]) if error.args else str(error)
   return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def check_output_folder(out: str, overwrite: bool) -> None:
+  """Refuses an --out that is a file, or a folder that already holds outputs unless --overwrite."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out {out} is a file; give a folder for the outputs")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise ValueError(f"{out} already holds outputs; pass --overwrite or choose another --out")
 
 
 def define_sampler_flags() -> Callable[[ml_collections.ConfigDict], samplers.SamplerSpec]:
