@@ -84,8 +84,9 @@ def _classifier_guided_draw(run, spec, labels):
   @jax.jit
   def one_batch(y, key, scale):
     unconditional = models.denoiser(run.model, run.params, run.kind)
-    guided = guidance.classifier_guided(unconditional, run.sched, log_prob, y, scale)
-    return samplers.sample(guided, run.sched, (len(y), *run.example_shape), key, spec).x
+    gradient = guidance.classifier_gradient(log_prob, y, scale)
+    shape = (len(y), *run.example_shape)
+    return samplers.sample(unconditional, run.sched, shape, key, spec, guidance_gradient=gradient).x
 
   def draw(scale):
     parts = [

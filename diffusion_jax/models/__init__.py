@@ -228,7 +228,7 @@ def denoiser(
 
 
 def classifier_log_prob(model: nn.Module, params) -> guidance.ClassifierLogProb:
-  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_guided`
+  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_gradient`
   takes."""
 
   def log_prob(x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
