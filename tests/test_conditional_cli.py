@@ -49,9 +49,9 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
 
 
 def test_class_accuracy():
-  logits = np.eye(3)[[0, 1, 2, 2]]
-  got = sample_quality.class_accuracy(logits, np.array([0, 1, 1, 2]))
-  assert got["accuracy"] == 0.75 and got["per_class_accuracy"] == [1.0, 0.5, 1.0]
+  got = sample_quality.class_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]), 4)
+  assert got["accuracy"] == 0.75 and got["per_class_accuracy"][:3] == [1.0, 0.5, 1.0]
+  assert np.isnan(got["per_class_accuracy"][3])  # no samples of class 3
 
 
 def test_class_labels_of_runs():
