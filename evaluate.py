@@ -6,8 +6,9 @@ a stopped job resumes where it was; scores them against reference statistics and
 results_n<num_samples>_<feature net>.json beside the samples. Defaults come from the run's
 config.eval: e.g. --feature_net=inception needs --inception_weights (pytorch-fid's weights file).
 A class-conditional run draws every class in turn with --guidance (default: the config's
-sampling.guidance) and, where the feature network classifies the same classes (digits), also
-reports the classifier's accuracy on the requested labels, overall and per class.
+sampling.guidance) and, where the feature network classifies the run's classes (digits; or
+ImageNet synsets with --inception_label_map), also reports the classifier's accuracy on the
+requested labels, overall and per class.
 """
 
 import json
@@ -37,6 +38,11 @@ _FEATURE_NET = flags.DEFINE_enum(
 )
 _INCEPTION = flags.DEFINE_string(
   "inception_weights", None, "pt_inception-2015-12-05-6726825d.pth (see README)."
+)
+_LABEL_MAP = flags.DEFINE_string(
+  "inception_label_map",
+  None,
+  "imagenet_2012_challenge_label_map_proto.pbtxt: Inception's accuracy on synset-named classes.",
 )
 _REF_STATS = flags.DEFINE_string(
   "ref_stats", None, "Reference stats .npz (mu, sigma); default: computed from --ref_split."
@@ -86,6 +92,7 @@ def main(argv):
       net = feature_nets.create_feature_net(
         _or(_FEATURE_NET, ev.feature_net),
         inception_weights=_or(_INCEPTION, ev.inception_weights),
+        inception_label_map=_or(_LABEL_MAP, ev.inception_label_map),
         cache_dir=_or(_CACHE_DIR, ""),
       )
       ref_stats, ref_split = _or(_REF_STATS, ev.ref_stats), _or(_REF_SPLIT, ev.ref_split)

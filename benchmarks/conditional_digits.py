@@ -68,11 +68,11 @@ def main(argv):
     uint8 = images.to_uint8(np.asarray(draw(w)))
     batches = [uint8[i : i + 500] for i in range(0, len(uint8), 500)]
     features, logits = feature_nets.compute_features(net, batches, mesh=mesh)
-    correct = np.argmax(logits, axis=1) == labels
-    per_class = [correct[labels == k].mean() for k in range(run.num_classes)]
+    predicted = sample_quality.predicted_classes(net, logits, run.num_classes)
+    accuracy = sample_quality.class_accuracy(predicted, labels, run.num_classes)
     fid = sample_quality.score(features, logits, ref, ("fid",))["fid"]
-    cells = " ".join(f"{a:.2f}" for a in per_class)
-    print(f"| {w:g} | {correct.mean():.3f} | {fid:.2f} | {cells} |")
+    cells = " ".join(f"{a:.2f}" for a in accuracy["per_class_accuracy"])
+    print(f"| {w:g} | {accuracy['accuracy']:.3f} | {fid:.2f} | {cells} |")
 
 
 def _classifier_guided_draw(run, spec, labels):
@@ -84,8 +84,9 @@ def _classifier_guided_draw(run, spec, labels):
   @jax.jit
   def one_batch(y, key, scale):
     unconditional = models.denoiser(run.model, run.params, run.kind)
-    guided = guidance.classifier_guided(unconditional, run.sched, log_prob, y, scale)
-    return samplers.sample(guided, run.sched, (len(y), *run.example_shape), key, spec).x
+    gradient = guidance.classifier_gradient(log_prob, y, scale)
+    shape = (len(y), *run.example_shape)
+    return samplers.sample(unconditional, run.sched, shape, key, spec, guidance_gradient=gradient).x
 
   def draw(scale):
     parts = [

@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
   # inception: the FID network (needs inception_weights) | digits: a classifier on digits data
   ev.feature_net = "inception"
   ev.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (see README)
+  # imagenet_2012_challenge_label_map_proto.pbtxt of inception-2015-12-05.tgz: names Inception's
+  # logits by ImageNet synset, so a conditional run with synset-named classes gets an accuracy
+  ev.inception_label_map = ""
   ev.ref_stats = ""  # a stats .npz (mu, sigma); "" computes them from ref_split of config.data
   ev.ref_split = "train"
   ev.metrics = "fid,is,kid"  # any of fid, is, kid, bpd (evaluate.py; train.py skips bpd)

@@ -1,5 +1,6 @@
 """Guidance as wrappers of a network: classifier-free (Ho & Salimans 2022) and classifier guidance
-(Dhariwal & Nichol 2021). Every sampler then runs on the wrapped network unchanged.
+(Dhariwal & Nichol 2021). Every sampler then runs on the wrapped network unchanged, but for
+ancestral sampling with classifier guidance, which moves the step's mean instead.
 
 A conditional network is network_y(x_t [B, ...], t [B], y [B]) with int labels y in 0..K-1, or K,
 the null class, which a network trained with label dropout reads as "no label".
@@ -14,13 +15,18 @@ with a fixed coefficient on x_t (`parametrization.eps_and_x0`), so mixing output
 (1 + w, -w), which sum to 1, mixes eps, x0 and v alike: guidance is the same for every
 parametrization. A learned variance is read from the conditional half alone.
 
-Classifier guidance with scale s (Dhariwal & Nichol 2021, Algorithm 2, and sec. 4.2's score view):
+Classifier guidance with scale s (Dhariwal & Nichol 2021) follows g = s grad_x log p_t(y | x_t)
+(`classifier_gradient`). Ancestral sampling adds it to each step's mean (Algorithm 1):
 
-  eps^(x_t) = eps(x_t) - s sigma_t grad_x log p_t(y | x_t),
+  x_{t-1} ~ N(mu + Sigma g, Sigma),
 
-the score of p_t(x) p_t(y | x)^s; at s = 1 that is p_t(x | y), the conditional model exactly. In
-ancestral sampling this moves the step's mean by s (beta_t / sqrt(1 - beta_t)) grad log p(y|x_t),
-Algorithm 1's s Sigma grad with Sigma = beta_t, up to a factor 1 / sqrt(1 - beta_t) = 1 + O(beta).
+Sigma the step's variance (`samplers.ancestral`). The other samplers take it as a shift of eps
+(Algorithm 2, and sec. 4.2's score view; `eps_guided`):
+
+  eps^(x_t) = eps(x_t) - sigma_t g,
+
+the score of p_t(x) p_t(y | x)^s; at s = 1 that is p_t(x | y), the conditional model exactly.
+`samplers.sample(..., guidance_gradient=g)` applies the form that fits its sampler.
 """
 
 from collections.abc import Callable
@@ -35,6 +41,8 @@ from diffusion_jax.schedules import Schedule
 ConditionalNetwork = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # log_prob(x_t [B, ...], t [B], y [B]) -> log p_t(y | x_t) [B]
 ClassifierLogProb = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# gradient(x_t [B, ...], t [B]) -> g = s grad_x log p_t(y | x_t), x_t's shape
+Gradient = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def with_labels(network_y: ConditionalNetwork, labels: jax.Array) -> parametrization.Network:
@@ -79,27 +87,26 @@ def classifier_free(
   return network
 
 
-def classifier_guided(
-  denoiser: parametrization.Denoiser,
-  sched: Schedule,
-  log_prob: ClassifierLogProb,
-  labels: jax.Array,
-  scale: float,
+def classifier_gradient(log_prob: ClassifierLogProb, labels: jax.Array, scale: float) -> Gradient:
+  """g(x_t, t) = s grad_x log p_t(y | x_t) towards fixed labels y [B] (Algorithms 1 and 2)."""
+  labels = jnp.asarray(labels)
+  grad_log_prob = jax.grad(lambda x, t: jnp.sum(log_prob(x, t, labels)))
+  return lambda x_t, t_B: scale * grad_log_prob(x_t, t_B)
+
+
+def eps_guided(
+  denoiser: parametrization.Denoiser, sched: Schedule, gradient: Gradient
 ) -> parametrization.Denoiser:
-  """The denoiser whose eps is shifted by -s sigma_t grad log p_t(y | x_t) (module docstring).
+  """The denoiser whose eps is shifted by -sigma_t g(x_t, t) (Algorithm 2; module docstring).
 
   Args:
     denoiser: the (unconditional or conditional) model, any parametrization.
     sched: its schedule (t may be an int index or continuous float time).
-    log_prob: the classifier's log p_t(y | x_t) per example, differentiable in x_t.
-    labels: int [B] target classes y.
-    scale: s.
+    gradient: g, e.g. `classifier_gradient`.
 
   Returns:
     A Denoiser of the same parametrization whose output carries the guided eps.
   """
-  labels = jnp.asarray(labels)
-  grad_log_prob = jax.grad(lambda x, t: jnp.sum(log_prob(x, t, labels)))
 
   def network(x_t: jax.Array, t_B: jax.Array) -> jax.Array:
     out = denoiser.output(x_t, t_B)
@@ -108,9 +115,20 @@ def classifier_guided(
       out, variance = jnp.split(out, 2, axis=-1)
     alpha, sigma = diffusion.noise_level(sched, t_B, x_t)
     eps, _ = parametrization.eps_and_x0(denoiser.prediction, out, x_t, alpha, sigma)
-    eps = eps - scale * sigma * grad_log_prob(x_t, t_B)
+    eps = eps - sigma * gradient(x_t, t_B)
     x0 = (x_t - sigma * eps) / alpha
     guided = parametrization.training_target(denoiser.prediction, x0, eps, alpha, sigma)
     return guided if variance is None else jnp.concatenate([guided, variance], axis=-1)
 
   return parametrization.Denoiser(network, denoiser.prediction, denoiser.learned_variance)
+
+
+def classifier_guided(
+  denoiser: parametrization.Denoiser,
+  sched: Schedule,
+  log_prob: ClassifierLogProb,
+  labels: jax.Array,
+  scale: float,
+) -> parametrization.Denoiser:
+  """`eps_guided` by the classifier's g = s grad log p_t(y | x_t) towards labels y [B]."""
+  return eps_guided(denoiser, sched, classifier_gradient(log_prob, labels, scale))

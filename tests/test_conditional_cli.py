@@ -1,5 +1,5 @@
-"""train.py and sample.py on a tiny class-conditional digits run: labels, per-class grids,
-guidance, and one-line errors for labels a run cannot take."""
+"""train.py and sample.py on a tiny class-conditional digits run: labels, per-class grids and
+animations, guidance, and one-line errors for labels a run cannot take."""
 
 import json
 import os
@@ -23,12 +23,14 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
   assert os.path.exists(os.path.join(workdir, "classes.json"))
   out = str(tmp_path / "grid")
   args = [f"--workdir={workdir}", "--batch_size=8", "--sampler=ddim", "--steps=5"]
-  run_script("sample.py", *args, "--per_class=2", "--guidance=2", f"--out={out}", check=True)
+  grid = ["--per_class=2", "--guidance=2", "--gif", f"--out={out}"]
+  run_script("sample.py", *args, *grid, check=True)
   saved = np.load(os.path.join(out, "samples.npz"))
   assert saved["arr_0"].shape == (20, 8, 8, 1) and saved["arr_0"].dtype == np.uint8
   np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 2))
-  width, height = Image.open(os.path.join(out, "samples.png")).size
-  assert height > 4 * width  # 10 rows of 2: one row per class
+  for name in ("samples.png", "reverse.gif"):
+    width, height = Image.open(os.path.join(out, name)).size
+    assert height > 4 * width  # 10 rows of 2: one row per class
 
   out = str(tmp_path / "listed")
   run_script("sample.py", *args, "--labels=3,3,7", f"--out={out}", check=True)
@@ -53,9 +55,9 @@ def test_conditional_digits_train_then_sample_by_class(tmp_path):
 
 
 def test_class_accuracy():
-  logits = np.eye(3)[[0, 1, 2, 2]]
-  got = sample_quality.class_accuracy(logits, np.array([0, 1, 1, 2]))
-  assert got["accuracy"] == 0.75 and got["per_class_accuracy"] == [1.0, 0.5, 1.0]
+  got = sample_quality.class_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]), 4)
+  assert got["accuracy"] == 0.75 and got["per_class_accuracy"][:3] == [1.0, 0.5, 1.0]
+  assert np.isnan(got["per_class_accuracy"][3])  # no samples of class 3
 
 
 def test_class_labels_of_runs():

@@ -11,6 +11,7 @@ import pytest
 from scipy import special
 
 from diffusion_jax import guidance, oracles, parametrization, samplers, schedules
+from diffusion_jax.samplers import noise, registry
 from tests.test_samplers import SPECS
 
 # Two classes, each a mixture of two Gaussians in 2D; label 2 is the null class.
@@ -157,6 +158,66 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_oracle(prediction):
     unconditional, SCHED, oracles.classifier_for(MIXTURE, SCHED), y, 0.0
   )
   np.testing.assert_allclose(plain.output(x, t), unconditional.output(x, t), atol=1e-4)
+
+
+def _unconditional_denoiser(n, learned_variance):
+  """The exact unconditional eps* of the mixture; with a learned variance, u = 0.2 (f = 0.6)."""
+  eps_fn = guidance.with_labels(oracles.conditional_eps_fn_for(MIXTURE, SCHED), np.full(n, 2))
+  if not learned_variance:
+    return parametrization.Denoiser(eps_fn)
+  network = lambda x, t: jnp.concatenate([eps_fn(x, t), jnp.full_like(x, 0.2)], axis=-1)
+  return parametrization.Denoiser(network, learned_variance=True)
+
+
+@pytest.mark.parametrize("t, s", [(400, 399), (400, 300)], ids=["consecutive", "respaced"])
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall", "learned"])
+def test_ancestral_classifier_guidance_is_algorithm_1(variance, t, s):
+  """One guided ancestral step from t to s draws x_s = mu + Sigma g + sqrt(Sigma) z with
+  g = scale grad log p_t(y | x_t): mu, Sigma, g all from the oracle in float64 NumPy."""
+  n, scale = 64, 2.5
+  y = np.arange(n, dtype=np.int32) % 2
+  x = np.asarray(jax.random.normal(jax.random.key(6), (n, 2))) * 1.5
+  gradient = guidance.classifier_gradient(oracles.classifier_for(MIXTURE, SCHED), y, scale)
+  spec = samplers.SamplerSpec("ancestral", variance=variance)
+  times = jnp.array([t, s, -1], jnp.int32)
+  denoiser = _unconditional_denoiser(n, variance == "learned")
+  sampler = registry.step_sampler(spec, denoiser, SCHED, times, False, guidance_gradient=gradient)
+  key = jax.random.key(7)
+  x_s, _ = jax.jit(lambda x: sampler.step((x, ()), 0, key))(x)
+
+  abar = np.cumprod(1.0 - BETAS)
+  abar_t, abar_s = abar[t], abar[s]
+  beta = 1.0 - abar_t / abar_s
+  beta_tilde = beta * (1.0 - abar_s) / (1.0 - abar_t)
+  sigma2 = {"fixedlarge": beta, "fixedsmall": beta_tilde}.get(variance)
+  if variance == "learned":
+    sigma2 = np.exp(0.6 * np.log(beta) + 0.4 * np.log(beta_tilde))
+  x64 = x.astype(np.float64)
+  score = _np_score(x64, abar_t, [0, 1])
+  x0 = (x64 + (1.0 - abar_t) * score) / np.sqrt(abar_t)  # eps* = -sqrt(1 - abar_t) score
+  mu = (np.sqrt(abar_s) * beta * x0 + np.sqrt(1.0 - beta) * (1.0 - abar_s) * x64) / (1.0 - abar_t)
+  grad_log_p = np.empty_like(x64)  # grad log q_t(x | y) - grad log q_t(x), by Bayes' rule
+  for c in (0, 1):
+    grad_log_p[y == c] = _np_score(x64[y == c], abar_t, [c]) - score[y == c]
+  z = np.asarray(noise.normal(key, x.shape), np.float64)
+  expected = mu + sigma2 * scale * grad_log_p + np.sqrt(sigma2) * z
+  np.testing.assert_allclose(np.asarray(x_s), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_other_samplers_take_classifier_guidance_as_the_eps_shift():
+  """DDIM given the gradient steps as DDIM on `eps_guided`, Algorithm 2."""
+  n = 16
+  y = np.arange(n, dtype=np.int32) % 2
+  x = jax.random.normal(jax.random.key(8), (n, 2))
+  gradient = guidance.classifier_gradient(oracles.classifier_for(MIXTURE, SCHED), y, 2.0)
+  denoiser = _unconditional_denoiser(n, False)
+  spec, times = samplers.SamplerSpec("ddim"), jnp.array([400, 300, -1], jnp.int32)
+  given = registry.step_sampler(spec, denoiser, SCHED, times, False, guidance_gradient=gradient)
+  shifted = guidance.eps_guided(denoiser, SCHED, gradient)
+  wrapped = registry.step_sampler(spec, shifted, SCHED, times, False)
+  key = jax.random.key(9)
+  got, want = jax.jit(lambda x: [s.step((x, ()), 0, key)[0] for s in (given, wrapped)])(x)
+  np.testing.assert_array_equal(got, want)
 
 
 def test_the_oracle_classifier_is_bayes_rule():

@@ -12,8 +12,8 @@ import pytest
 
 from diffusion_jax.configs import cifar10, default, toy2d
 from diffusion_jax.models import MLP, UNet, create_model
-from diffusion_jax.models.layers import GroupNorm, timestep_embedding
-from diffusion_jax.models.unet import GN_EPSILON, AttnBlock
+from diffusion_jax.models.layers import GN_EPSILON, GroupNorm, timestep_embedding
+from diffusion_jax.models.unet import AttnBlock
 
 
 def _tiny_unet_config(dropout: float = 0.0):

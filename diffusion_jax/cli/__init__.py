@@ -1,2 +1,3 @@
-"""What the entry scripts do beyond library calls: their flags (`flags`), their console output
-(`logs`) and the files sample.py writes (`sample_outputs`)."""
+"""What the entry scripts do beyond library calls: their flags (`flags`), the training scripts'
+command line (`training_command`), their console output (`logs`) and the files sample.py writes
+(`sample_outputs`)."""

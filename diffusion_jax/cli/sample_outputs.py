@@ -38,13 +38,34 @@ def forward_frames(run: LoadedRun, x0: np.ndarray, times: np.ndarray, key) -> np
   return np.stack(jax.device_get(frames))
 
 
-def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key, mesh) -> None:
+def write_reverse_gif(
+  run: LoadedRun,
+  path: str,
+  spec: samplers.SamplerSpec,
+  key,
+  mesh,
+  *,
+  labels: np.ndarray | None = None,
+  ncols: int | None = None,
+  guidance_scale: float = 0.0,
+  classifier: tuple | None = None,
+  classifier_scale: float = 1.0,
+) -> None:
   """Animates the reverse process of `spec` (ancestral for `ode_adaptive`, which has no fixed
   steps), the time index on every frame; for 2D data the forward process plays first (data ->
-  noise)."""
+  noise).
+
+  With labels, the chains draw as many as an animation holds, guided as `sample_and_save` says:
+  for images the first whole rows of ncols (the layout of samples.png), for points every k-th.
+  """
   reference = reference_points(run)
   num = MAX_GIF_IMAGES if reference is None else min(MAX_GIF_POINTS, len(reference))
-  num = -(-num // mesh.size) * mesh.size
+  if labels is not None and reference is None:  # whole rows of the grid samples.png shows
+    labels = labels[: ncols * max(1, num // ncols) if ncols else num]
+  elif labels is not None:  # every k-th point's label, so that every class shows
+    labels = labels[:: -(-len(labels) // num)]
+  num = num if labels is None else len(labels)
+  padded = -(-num // mesh.size) * mesh.size
   if spec.name == "ode_adaptive":
     spec = samplers.SamplerSpec("ancestral", clip_x0=spec.clip_x0)
   times = samplers.grid(spec, run.sched)
@@ -53,16 +74,21 @@ def write_reverse_gif(run: LoadedRun, path: str, spec: samplers.SamplerSpec, key
     run.model,
     run.kind,
     run.sched,
-    (num, *run.example_shape),
+    (padded, *run.example_shape),
     mesh,
     spec,
     trajectory_every=every,
+    guidance_scale=guidance_scale,
+    classifier=classifier,
+    classifier_scale=classifier_scale,
   )
-  _, trajectory = sample_fn(run.params, key)
-  trajectory = sharding.to_host(trajectory)
+  if labels is not None:
+    labels = np.pad(labels, (0, padded - num), mode="edge")
+  _, trajectory = sample_fn(run.params, key, labels)
+  trajectory = sharding.to_host(trajectory)[:, :num]
   titles = [f"reverse t={t:.0f}" for t in progressive.frame_times(times, every)]
   if reference is None:
-    pictures = [images.preview_picture(np.clip(f, -1, 1)) for f in trajectory]
+    pictures = [images.preview_picture(np.clip(f, -1, 1), ncols=ncols) for f in trajectory]
     frames = [figures.titled(p, title) for p, title in zip(pictures, titles, strict=True)]
   else:
     x0 = reference[:num]
@@ -129,7 +155,8 @@ def sample_and_save(
   classifier_scale: float = 1.0,
 ) -> tuple[list[str], float]:
   """Writes samples.npz (uint8 NHWC images, or float32 points; with labels also `labels`),
-  samples.png and optionally reverse.gif (the sampler's chain) into out_dir.
+  samples.png and optionally reverse.gif (the sampler's chain, drawn as the samples are) into
+  out_dir.
 
   A conditional run draws sample i of class labels[i] (num_samples is then len(labels)) with
   classifier-free guidance of scale guidance_scale, and with a (classifier module, params) also
@@ -160,10 +187,19 @@ def sample_and_save(
   )
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:
-    if labels is not None:
-      raise ValueError("--gif animates unconditional runs only")
     paths.append(os.path.join(out_dir, "reverse.gif"))
-    write_reverse_gif(run, paths[2], spec, gif_key, mesh)
+    write_reverse_gif(
+      run,
+      paths[2],
+      spec,
+      gif_key,
+      mesh,
+      labels=labels,
+      ncols=ncols,
+      guidance_scale=guidance_scale,
+      classifier=classifier,
+      classifier_scale=classifier_scale,
+    )
   if jax.process_index() != 0:
     return [], nfe
   os.makedirs(out_dir, exist_ok=True)

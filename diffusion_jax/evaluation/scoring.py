@@ -51,9 +51,10 @@ def evaluate_run(
   """Draws num_samples samples into a resumable store, scores them, and writes a JSON.
 
   A class-conditional run draws every class in turn (sample i of class i mod K) with
-  classifier-free guidance of scale guidance_scale; when the feature network classifies the same
-  K classes (the digits classifier on digits), the results add its accuracy on the requested
-  labels, overall and per class.
+  classifier-free guidance of scale guidance_scale; when the feature network classifies the
+  run's classes (`sample_quality.predicted_classes`: the digits classifier on digits, Inception
+  with an ImageNet label map on classes named by synset), the results add its accuracy on the
+  requested labels, overall and per class.
 
   Args:
     run: the loaded run (its params are the ones `use_ema` says).
@@ -126,8 +127,9 @@ def evaluate_run(
     results["feature_seconds"] = time.perf_counter() - start
     results.update(feature_net=net.name, reference=reference_name)
     results.update(sample_quality.score(features, logits, ref, sample_metric_names))
-    if labels is not None and net.num_classes == run.num_classes:
-      results.update(sample_quality.class_accuracy(logits, labels))
+    predicted = sample_quality.predicted_classes(net, logits, run.num_classes, run.class_names)
+    if labels is not None and predicted is not None:
+      results.update(sample_quality.class_accuracy(predicted, labels, run.num_classes))
   if "bpd" in metrics:
     results["bpd"] = bits_per_dim.evaluate_split(
       run, "vlb", bpd_split, batch_size, bpd_num_examples, seed

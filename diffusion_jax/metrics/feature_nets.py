@@ -1,8 +1,9 @@
 """Feature networks for sample metrics, behind one interface, and sharded feature extraction.
 
 A FeatureNet maps uint8 images to (features, logits): features feed FID and KID, logits the
-Inception Score. "inception" is the FID Inception-v3 (pool3 features, 1008 logits); "digits" is a
-small classifier of the builtin 8x8 digits that needs no download (digits_classifier.py).
+Inception Score and the accuracy on a conditional run's labels. "inception" is the FID
+Inception-v3 (pool3 features, 1008 logits, which an ImageNet label map names by synset); "digits"
+is a small classifier of the builtin 8x8 digits that needs no download (digits_classifier.py).
 """
 
 import dataclasses
@@ -38,10 +39,13 @@ class FeatureNet:
   apply: Callable  # jittable: uint8 images [B, H, W, C] -> (features [B, D], logits [B, K]) f32
   feature_dim: int
   num_classes: int
+  # The class each logit scores ('' for none): Inception's ImageNet synsets, given a label map.
+  # Empty: the logits are the data's own classes in order (the digits classifier on digits).
+  class_names: tuple[str, ...] = ()
 
 
 def create_feature_net(
-  name: str, *, inception_weights: str = "", cache_dir: str = ""
+  name: str, *, inception_weights: str = "", inception_label_map: str = "", cache_dir: str = ""
 ) -> FeatureNet:
   """Builds a feature network by name.
 
@@ -49,6 +53,9 @@ def create_feature_net(
     name: "inception" (FID Inception-v3; needs inception_weights) or "digits" (trained on first
       use and cached).
     inception_weights: path of pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID weights).
+    inception_label_map: optional path of imagenet_2012_challenge_label_map_proto.pbtxt (in
+      inception-2015-12-05.tgz), which names Inception's logits by ImageNet synset
+      (`imagenet_labels`).
     cache_dir: where the digits classifier is cached; default $DIFFUSION_JAX_CACHE or
       ~/.cache/diffusion_jax.
 
@@ -64,11 +71,20 @@ def create_feature_net(
         "(--inception_weights / config.eval.inception_weights)"
       )
     # Imported here: the Inception port is only needed when this net is asked for.
-    from diffusion_jax.metrics import inception
+    from diffusion_jax.metrics import imagenet_labels, inception
 
+    class_names = ()
+    if inception_label_map:  # read first: a bad path fails before the weights load
+      class_names = imagenet_labels.read_label_map(inception_label_map, inception.NUM_LOGITS)
     params = inception.load_inception_params(inception_weights)
     apply = jax.tree_util.Partial(inception.inception_features, params)
-    return FeatureNet("inception_v3_fid", apply, feature_dim=2048, num_classes=1008)
+    return FeatureNet(
+      "inception_v3_fid",
+      apply,
+      feature_dim=inception.POOL3_DIM,
+      num_classes=inception.NUM_LOGITS,
+      class_names=class_names,
+    )
   if name == "digits":
     from diffusion_jax.metrics import digits_classifier
 

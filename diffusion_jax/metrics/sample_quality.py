@@ -93,12 +93,14 @@ def quick_scores(
   mesh,
   net: feature_nets.FeatureNet,
   ref: scores.ReferenceStats,
+  class_names: tuple[str, ...] = (),
 ) -> dict:
   """config.eval.num_samples samples from params, in memory, scored by config.eval.metrics.
 
   The sampler is config.sampling's, with config.eval.sampler / steps overriding it when set. A
-  class-conditional model draws its classes in turn with guidance config.sampling.guidance, and
-  where the feature network classifies the same classes the scores add its `accuracy`.
+  class-conditional model draws its classes in turn (named class_names) with guidance
+  config.sampling.guidance, and where the feature network classifies them
+  (`predicted_classes`) the scores add its `accuracy`.
   """
   spec = eval_sampler_spec(config)
   metrics = tuple(m for m in parse_metrics(config.eval.metrics) if m != "bpd")
@@ -125,18 +127,43 @@ def quick_scores(
     net, _batches(images.to_uint8(samples), config.sampling.batch_size), mesh=mesh
   )
   results = score(features, logits, ref, metrics)
-  if labels is not None and net.num_classes == num_classes:
-    results["accuracy"] = class_accuracy(logits, labels)["accuracy"]
+  predicted = predicted_classes(net, logits, num_classes, class_names)
+  if labels is not None and predicted is not None:
+    results["accuracy"] = class_accuracy(predicted, labels, num_classes)["accuracy"]
   return results
 
 
-def class_accuracy(logits_NxK: np.ndarray, labels_N: np.ndarray) -> dict:
-  """How often the feature network's classifier names the requested class: `accuracy` overall
-  and `per_class_accuracy` [K] (NaN for a class with no samples)."""
-  correct = np.argmax(logits_NxK, axis=1) == labels_N
+def predicted_classes(
+  net: feature_nets.FeatureNet,
+  logits_NxL: np.ndarray,
+  num_classes: int,
+  class_names: tuple[str, ...] = (),
+) -> np.ndarray | None:
+  """The feature network's top-1 class of each sample as a run's label, int [N] (-1: a class the
+  run lacks), or None where the network does not classify the run's K classes.
+
+  A network without class names classifies a run of as many classes as it has logits, in order
+  (the digits classifier on digits). One with names (Inception with an ImageNet label map)
+  classifies a run whose class names are all among them (ImageNet synsets); its top-1 is then
+  taken over every named output, the 1000 ImageNet classes.
+  """
+  if not net.class_names:
+    return np.argmax(logits_NxL, axis=1) if net.num_classes == num_classes else None
+  named = [j for j, name in enumerate(net.class_names) if name]
+  label_of = {name: k for k, name in enumerate(class_names)}
+  if not class_names or not label_of.keys() <= {net.class_names[j] for j in named}:
+    return None
+  top_N = np.asarray(named)[np.argmax(logits_NxL[:, named], axis=1)]
+  return np.array([label_of.get(net.class_names[j], -1) for j in top_N], np.int32)
+
+
+def class_accuracy(predicted_N: np.ndarray, labels_N: np.ndarray, num_classes: int) -> dict:
+  """How often the predicted class is the requested one: `accuracy` overall and
+  `per_class_accuracy` [num_classes] (NaN for a class with no samples)."""
+  correct = predicted_N == labels_N
   per_class = [
     float(correct[labels_N == k].mean()) if np.any(labels_N == k) else float("nan")
-    for k in range(logits_NxK.shape[1])
+    for k in range(num_classes)
   ]
   return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class}
 

@@ -63,6 +63,22 @@ def _import_module_class(name: str) -> type[nn.Module]:
   return cls
 
 
+def _unet_fields(config: ml_collections.ConfigDict) -> dict:
+  """The U-Net fields of config.model, which the U-Net and the noisy classifier share, checked
+  against config.data.image_size."""
+  m = config.model
+  check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
+  return dict(
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    dropout=m.dropout,
+    num_groups=m.num_groups,
+    resamp_with_conv=m.resamp_with_conv,
+  )
+
+
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the network config.model names, checking its settings first.
 
@@ -90,15 +106,8 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       num_classes=m.num_classes,
     )
   if m.name == "unet":
-    check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
     return UNet(
-      ch=m.ch,
-      ch_mult=tuple(m.ch_mult),
-      num_res_blocks=m.num_res_blocks,
-      attn_resolutions=tuple(m.attn_resolutions),
-      dropout=m.dropout,
-      num_groups=m.num_groups,
-      resamp_with_conv=m.resamp_with_conv,
+      **_unet_fields(config),
       outputs_per_channel=outputs,
       dtype=m.dtype,
       remat=m.remat,
@@ -123,17 +132,7 @@ def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
     raise ValueError("a classifier needs model.num_classes > 0")
   if config.data.source == "builtin" and config.data.name != "digits":
     raise ValueError("the noisy classifier takes images; 2D toy data has none")
-  check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
-  return NoisyClassifier(
-    num_classes=m.num_classes,
-    ch=m.ch,
-    ch_mult=tuple(m.ch_mult),
-    num_res_blocks=m.num_res_blocks,
-    attn_resolutions=tuple(m.attn_resolutions),
-    dropout=m.dropout,
-    num_groups=m.num_groups,
-    resamp_with_conv=m.resamp_with_conv,
-  )
+  return NoisyClassifier(num_classes=m.num_classes, **_unet_fields(config))
 
 
 def record_model(config: ml_collections.ConfigDict, model: nn.Module) -> ml_collections.ConfigDict:
@@ -228,7 +227,7 @@ def denoiser(
 
 
 def classifier_log_prob(model: nn.Module, params) -> guidance.ClassifierLogProb:
-  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_guided`
+  """log p_phi(y | x_t, t) of a noisy classifier, per example: what `guidance.classifier_gradient`
   takes."""
 
   def log_prob(x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:

@@ -1,7 +1,9 @@
-"""Pieces shared by the denoisers: the timestep and class label embeddings, the initializer and
-GroupNorm."""
+"""Pieces shared by the networks (the denoisers and the noisy classifier): the timestep and class
+label embeddings, the initializer, the 3x3 convolution and GroupNorm."""
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,6 +16,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # The original code's stand-in for a zero init (variance_scaling rejects scale 0): layers that
 # end a residual branch start near zero, so each block begins as the identity.
 ZERO_ISH_SCALE = 1e-10
+GN_EPSILON = 1e-6  # tf.contrib.layers.group_norm's, which the original uses
 
 
 def default_init(scale: float = 1.0) -> jax.nn.initializers.Initializer:
@@ -86,7 +89,7 @@ class GroupNorm(nn.Module):
   """
 
   num_groups: int
-  epsilon: float = 1e-6
+  epsilon: float = GN_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -107,3 +110,25 @@ class GroupNorm(nn.Module):
     mul_BxC = jnp.repeat(jax.lax.rsqrt(var_BxG + self.epsilon), C // G, axis=1) * scale_C[None, :]
     y_BxNxC = (x_BxNxC - mean_BxC[:, None, :]) * mul_BxC[:, None, :] + bias_C[None, None, :]
     return y_BxNxC.reshape(x.shape)
+
+
+def group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
+  """GroupNorm in float32 (statistics, normalisation and affine map: in bfloat16, x - mean would
+  lose the small deviations it rescales), its output cast to the compute dtype."""
+  norm = GroupNorm(num_groups=num_groups, name=name)
+  return lambda x: norm(x).astype(dtype)
+
+
+def conv3x3(
+  features: int, dtype: Any, stride: int = 1, scale: float = 1.0, name: str | None = None
+) -> nn.Conv:
+  """A 3x3 'SAME' convolution with the DDPM initializer (`default_init(scale)`)."""
+  return nn.Conv(
+    features,
+    (3, 3),
+    strides=stride,
+    padding="SAME",
+    kernel_init=default_init(scale),
+    dtype=dtype,
+    name=name,
+  )

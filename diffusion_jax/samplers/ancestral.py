@@ -6,12 +6,15 @@ t - 1 this is DDPM eq. 11), sigma^2 is the step's beta (`fixedlarge`), its poste
 beta-tilde (`fixedsmall`), or the network's interpolation between their logs (`learned`, Nichol &
 Dhariwal 2021, eq. 15). On a subsequence tau this is the respaced chain of Nichol & Dhariwal
 (2021, sec. 4). The last step (to clean data) returns the mean, with no noise.
+
+Classifier guidance adds Sigma g to the mean, g = s grad log p_t(y | x_t) (Dhariwal & Nichol 2021,
+Algorithm 1), with Sigma = sigma^2 the variance the step draws with (0 on the last step).
 """
 
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import diffusion, parametrization
+from diffusion_jax import diffusion, guidance, parametrization
 from diffusion_jax.samplers import noise
 from diffusion_jax.samplers.chain import StepSampler
 from diffusion_jax.schedules import Schedule
@@ -45,6 +48,7 @@ def make_sampler(
   variance: str = "fixedlarge",
   clip_x0: bool = False,
   sharding=None,
+  mean_gradient: guidance.Gradient | None = None,
 ) -> StepSampler:
   """Ancestral steps along the int32 grid `times` (see `timesteps.discrete_grid`).
 
@@ -55,6 +59,7 @@ def make_sampler(
     variance: `fixedlarge`, `fixedsmall` or `learned`.
     clip_x0: clip the predicted x0 to [-1, 1] (for data in [-1, 1]).
     sharding: the batch's sharding, for the noise.
+    mean_gradient: classifier guidance's g(x_t, t [B]); each step's mean moves by sigma^2 g.
   """
   if variance not in VARIANCES:
     raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
@@ -67,8 +72,11 @@ def make_sampler(
       denoised = denoised.clip_x0()
     posterior = diffusion.step_posterior(sched, t, s)
     mean = posterior.coef_x0 * denoised.x0 + posterior.coef_xt * x
-    std = jnp.exp(0.5 * step_log_variance(posterior, variance, denoised.variance_fraction))
+    log_variance = step_log_variance(posterior, variance, denoised.variance_fraction)
+    std = jnp.where(s >= 0, jnp.exp(0.5 * log_variance), 0.0)
+    if mean_gradient is not None:
+      mean = mean + jnp.square(std) * mean_gradient(x, jnp.full((x.shape[0],), t))
     z = noise.normal(key, x.shape, sharding)
-    return mean + jnp.where(s >= 0, std, 0.0) * z, aux
+    return mean + std * z, aux
 
   return StepSampler(times=times, step=step)

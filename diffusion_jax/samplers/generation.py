@@ -56,9 +56,10 @@ def _sample_batch(
     labels = jax.lax.with_sharding_constraint(labels, batch)
   conditional = labels if models.num_classes_of(model) else None
   denoiser = models.denoiser(model, params, kind, labels=conditional, guidance_scale=guidance_scale)
+  gradient = None
   if classifier_model is not None:
     log_prob = models.classifier_log_prob(classifier_model, classifier_params)
-    denoiser = guidance.classifier_guided(denoiser, sched, log_prob, labels, classifier_scale)
+    gradient = guidance.classifier_gradient(log_prob, labels, classifier_scale)
   result = registry.sample(
     denoiser,
     sched,
@@ -67,6 +68,7 @@ def _sample_batch(
     spec,
     trajectory_every=trajectory_every,
     sharding=batch,
+    guidance_gradient=gradient,
   )
   x0 = jax.lax.with_sharding_constraint(result.x, batch)
   if trajectory_every > 0:
@@ -93,7 +95,8 @@ def make_sample_fn(
   labels: int [B] classes for a conditional model (None: its null class), drawn with
   classifier-free guidance of scale `guidance_scale` (`guidance.classifier_free`); with a
   (classifier module, params), also classifier guidance of scale classifier_scale towards them
-  (`guidance.classifier_guided`), for conditional and unconditional models alike.
+  (`guidance.classifier_gradient`; Algorithm 1 for ancestral sampling, else Algorithm 2), for
+  conditional and unconditional models alike.
   """
   classifier_model, classifier_params = classifier or (None, None)
   sharding.check_batch_size(batch_shape[0], mesh, "sampling batch size")

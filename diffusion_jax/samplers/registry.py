@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import continuous_time, diffusion, parametrization
+from diffusion_jax import continuous_time, diffusion, guidance, parametrization
 from diffusion_jax.samplers import (
   ancestral,
   chain,
@@ -126,6 +126,19 @@ def _variance(spec: SamplerSpec, denoiser: parametrization.Denoiser) -> str:
   return "learned" if denoiser.learned_variance else "fixedlarge"
 
 
+def _eps_guided(
+  spec: SamplerSpec,
+  denoiser: parametrization.Denoiser,
+  sched: Schedule,
+  gradient: guidance.Gradient | None,
+) -> parametrization.Denoiser:
+  """The denoiser with classifier guidance's eps shift (Algorithm 2), but for `ancestral`, which
+  moves its mean instead (Algorithm 1)."""
+  if gradient is None or spec.name == "ancestral":
+    return denoiser
+  return guidance.eps_guided(denoiser, sched, gradient)
+
+
 def step_sampler(
   spec: SamplerSpec,
   denoiser: parametrization.Denoiser,
@@ -133,14 +146,21 @@ def step_sampler(
   times: jax.Array,
   clip_x0: bool,
   sharding=None,
+  guidance_gradient: guidance.Gradient | None = None,
 ) -> chain.StepSampler:
   """The steps of a fixed-step sampler on `times` (any grid of its kind, either direction for the
-  deterministic ones)."""
+  deterministic ones), with classifier guidance towards g = guidance_gradient when given."""
   times = jnp.asarray(times)
+  denoiser = _eps_guided(spec, denoiser, sched, guidance_gradient)
   if spec.name == "ancestral":
-    variance = _variance(spec, denoiser)
     return ancestral.make_sampler(
-      denoiser, sched, times, variance=variance, clip_x0=clip_x0, sharding=sharding
+      denoiser,
+      sched,
+      times,
+      variance=_variance(spec, denoiser),
+      clip_x0=clip_x0,
+      sharding=sharding,
+      mean_gradient=guidance_gradient,
     )
   if spec.name == "ddim":
     return ddim.make_sampler(
@@ -194,6 +214,7 @@ def sample(
   hook: chain.Hook | None = None,
   trajectory_every: int = 0,
   sharding=None,
+  guidance_gradient: guidance.Gradient | None = None,
 ) -> Samples:
   """Draws samples [*shape] with the sampler `spec` names (default: ancestral, all T steps).
 
@@ -214,6 +235,9 @@ def sample(
     trajectory_every: if > 0, also return the start state and the state after every step whose
       index from the clean end is a multiple of it (fixed-step samplers).
     sharding: the batch's sharding, for the noise, when run under jit on a mesh.
+    guidance_gradient: classifier guidance's g = s grad log p_t(y | x_t)
+      (`guidance.classifier_gradient`): `ancestral` adds sigma^2 g to each step's mean (Dhariwal &
+      Nichol 2021, Algorithm 1), the other samplers shift eps by -sigma_t g (Algorithm 2).
 
   Returns:
     Samples(x, nfe, trajectory or None).
@@ -226,8 +250,9 @@ def sample(
   init_key, steps_key = jax.random.split(key)
   start_noise = noise.normal(init_key, tuple(shape), sharding)
   if spec.name == "ode_adaptive":
+    guided = _eps_guided(spec, denoiser, sched, guidance_gradient)
     return _sample_adaptive(
-      spec, denoiser, sched, start_noise, x_T, image, strength, clip_x0, hook, trajectory_every
+      spec, guided, sched, start_noise, x_T, image, strength, clip_x0, hook, trajectory_every
     )
   times = grid(spec, sched)
   k0 = 0
@@ -236,7 +261,7 @@ def sample(
     x_start = _noised(sched, image, jnp.asarray(times[k0]), start_noise)
   else:
     x_start = start_noise if x_T is None else x_T
-  sampler = step_sampler(spec, denoiser, sched, times, clip_x0, sharding)
+  sampler = step_sampler(spec, denoiser, sched, times, clip_x0, sharding, guidance_gradient)
   result = chain.run_chain(
     sampler, x_start, steps_key, start_step=k0, hook=hook, trajectory_every=trajectory_every
   )

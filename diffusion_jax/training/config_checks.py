@@ -143,6 +143,7 @@ FIELD_CHECKS: dict[str, Check] = {
   "sampling.guidance": _number(0.0, math.inf),
   "eval.feature_net": _choice(feature_nets.FEATURE_NETS),
   "eval.inception_weights": _string,
+  "eval.inception_label_map": _string,
   "eval.ref_stats": _string,
   "eval.ref_split": _string,
   "eval.metrics": _string,

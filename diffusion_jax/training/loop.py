@@ -325,7 +325,9 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
     return None
   sample_quality.check_image_data(config, ds.example_shape)
   net = feature_nets.create_feature_net(
-    config.eval.feature_net, inception_weights=config.eval.inception_weights
+    config.eval.feature_net,
+    inception_weights=config.eval.inception_weights,
+    inception_label_map=config.eval.inception_label_map,
   )
   ref = sample_quality.load_reference(
     config,
@@ -338,7 +340,7 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
 
   def quick_eval(params):
     scores = sample_quality.quick_scores(
-      config, model, params, sched, ds.example_shape, key, mesh, net, ref
+      config, model, params, sched, ds.example_shape, key, mesh, net, ref, ds.class_names
     )
     return {f"eval/{name}": value for name, value in scores.items()}
 

@@ -1,0 +1,46 @@
+"""The command line of the training scripts (train.py, train_classifier.py): --config, --workdir and
+the multi-process flags, and a main that runs the training with every error as one line."""
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffusion_jax.cli import flags as cli_flags
+from diffusion_jax.cli import logs
+
+TrainFn = Callable[[ml_collections.ConfigDict, str], Any]
+
+
+def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None]:
+  """Defines --config (locked), --workdir and `cli_flags.define_distributed_flags`' flags.
+
+  Args:
+    train: train(config, workdir), e.g. `training.loop.train_and_evaluate`.
+    workdir_help: what --workdir holds, for --help.
+
+  Returns:
+    main(argv) for `absl.app.run(main, flags_parser=cli_flags.parse_flags)`.
+  """
+  config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  initialize_distributed = cli_flags.define_distributed_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logs.quiet_library_logs()
+    try:
+      initialize_distributed()
+      logging.info("devices: %s", jax.devices())
+      train(config.value, workdir.value)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  return main
