@@ -56,11 +56,10 @@ def test_classifier_needs_classes_and_images():
     models.create_classifier(toy)
 
 
-def test_train_classifier_then_guide_an_unconditional_run(tmp_path):
-  classifier, run = str(tmp_path / "classifier"), str(tmp_path / "digits")
+def test_train_classifier_then_guide_an_unconditional_run(tiny_digits_run, tmp_path):
+  classifier, run = str(tmp_path / "classifier"), tiny_digits_run
   run_script("train_classifier.py", *CLASSIFIER_FLAGS, f"--workdir={classifier}", check=True)
   assert sorted(os.listdir(os.path.join(classifier, "checkpoints"))) == ["2", "4"]
-  run_script("train.py", *DIGITS_FLAGS, f"--workdir={run}", check=True)
   out = str(tmp_path / "out")
   args = [f"--workdir={run}", "--batch_size=8", "--sampler=ddim", "--steps=4"]
   guide = [f"--classifier={classifier}", "--classifier_scale=3"]
