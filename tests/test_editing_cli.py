@@ -105,5 +105,7 @@ def test_masks_and_inputs_are_checked(tmp_path):
     edit_commands.input_images(run, [rgb], None)
   with pytest.raises(ValueError, match="--images=a.png"):
     edit_commands.input_images(run, [rgb], ["1"])
+  with pytest.raises(ValueError, match="example numbers 0, 1, ...; got 'x'"):
+    edit_commands.input_images(run, None, ["1", "x"])
   with pytest.raises(ValueError, match="image runs"):
     edit_commands.input_images(types.SimpleNamespace(example_shape=(2,)), [rgb], None)

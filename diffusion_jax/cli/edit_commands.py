@@ -15,7 +15,7 @@ from diffusion_jax.samplers import SamplerSpec, grid
 MASK_PRESETS = ("left", "right", "top", "bottom", "center")
 
 
-def input_images(run: LoadedRun, paths: list[str] | None, indices: list[int] | None) -> np.ndarray:
+def input_images(run: LoadedRun, paths: list[str] | None, indices: list[str] | None) -> np.ndarray:
   """The images to edit, float32 [N, H, W, C] in [-1, 1]: PNG/JPEG files or training examples."""
   if len(run.example_shape) != 3:
     raise ValueError("edit.py works on image runs; this run's data are vectors")
@@ -23,6 +23,9 @@ def input_images(run: LoadedRun, paths: list[str] | None, indices: list[int] | N
     raise ValueError("give the images to edit as --images=a.png,... or --data_index=0,5,...")
   if paths:
     return np.stack([images.load_image(path, run.example_shape) for path in paths])
+  bad = [i for i in indices if not i.strip().isdigit()]
+  if bad:
+    raise ValueError(f"--data_index takes example numbers 0, 1, ...; got {bad[0]!r}")
   ds = data.create_dataset(run.config.data, 1, run.config.seed, process_index=0, process_count=1)
   return ds.examples_at([int(i) for i in indices])
 
