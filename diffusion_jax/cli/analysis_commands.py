@@ -34,6 +34,8 @@ def progressive_pictures(
   """forward.png (q(x_t | x0) of training data), reverse.png (x_t along a chain), progressive.png
   (its x0_hat), each about num_frames titled panels; and GIF frames of forward then reverse."""
   key = jax.random.key(seed)
+  ds = data.create_dataset(run.config.data, 1, run.config.seed, process_index=0, process_count=1)
+  num_samples = min(num_samples, ds.num_examples)  # as many chains as data shown going forward
 
   @jax.jit
   def run_chain(params):
@@ -48,8 +50,7 @@ def progressive_pictures(
     grid_times, progressive.record_every(len(grid_times) - 1, num_frames)
   )
   x_t, x0_hat = (np.asarray(a) for a in jax.device_get(run_chain(run.params)))
-  ds = data.create_dataset(run.config.data, 1, run.config.seed, process_index=0, process_count=1)
-  x0 = ds.data_samples(min(num_samples, ds.num_examples))
+  x0 = ds.data_samples(num_samples)
   forward_ts = sample_outputs.forward_times(run.sched.num_timesteps, len(times))
   forward = sample_outputs.forward_frames(run, x0, forward_ts, key)
   lims = images.points_limits(np.concatenate([x0, x_t[-1]])) if x0.ndim == 2 else None
