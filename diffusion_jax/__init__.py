@@ -17,6 +17,7 @@ _MODULES = (
   "evaluation",
   "guidance",
   "images",
+  "latents",
   "likelihood",
   "losses",
   "metrics",

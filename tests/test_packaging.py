@@ -23,6 +23,7 @@ LAYERS = [
     "ode_solvers",
     "oracles",
     "guidance",
+    "latents",
   },
   {"sharding", "images", "configs"},
   {"models", "data", "pretrained"},

@@ -1,4 +1,5 @@
 """Denoising networks and the config-driven factory; any Flax module that keeps the call contract.
+Also the autoencoder of latent diffusion (`AutoencoderKL`), which is not a denoiser.
 
 The call contract: `module.apply(variables, x_t, t, train=...)` with x_t [B, ...] and t [B]
 timestep indices (int32, or float32 for the continuous-time samplers; see `parametrization`)
@@ -18,12 +19,14 @@ import jax
 import ml_collections
 
 from diffusion_jax import guidance, parametrization
+from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.layers import COMPUTE_DTYPES
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
 
 __all__ = [
+  "AutoencoderKL",
   "COMPUTE_DTYPES",
   "MLP",
   "NoisyClassifier",

@@ -12,9 +12,9 @@ from diffusion_jax.models.unet import (
   AttnBlock,
   Downsample,
   ResnetBlock,
-  _conv3x3,
-  _group_norm,
   check_unet_config,
+  conv3x3,
+  group_norm,
 )
 
 
@@ -40,7 +40,7 @@ class NoisyClassifier(nn.Module):
     temb = timestep_embedding(t_B, self.ch)
     temb = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense0")(temb)
     temb_BxE = nn.Dense(4 * self.ch, kernel_init=default_init(), name="temb_dense1")(nn.silu(temb))
-    h = _conv3x3(self.ch, jnp.float32, name="conv_in")(x_BxHxWxC)
+    h = conv3x3(self.ch, jnp.float32, name="conv_in")(x_BxHxWxC)
     for i, mult in enumerate(self.ch_mult):
       for j in range(self.num_res_blocks):
         block = ResnetBlock(self.ch * mult, self.dropout, self.num_groups, name=f"down{i}_res{j}")
@@ -50,6 +50,6 @@ class NoisyClassifier(nn.Module):
       if i != len(self.ch_mult) - 1:
         h = Downsample(self.resamp_with_conv, name=f"down{i}_downsample")(h)
     h = ResnetBlock(h.shape[-1], self.dropout, self.num_groups, name="mid_res0")(h, temb_BxE, train)
-    h = nn.silu(_group_norm(self.num_groups, jnp.float32, name="norm_out")(h))
+    h = nn.silu(group_norm(self.num_groups, jnp.float32, name="norm_out")(h))
     h_BxC = jnp.mean(h, axis=(1, 2))  # global average pooling
     return nn.Dense(self.num_classes, kernel_init=default_init(), name="head")(h_BxC)

@@ -59,9 +59,10 @@ def check_unet_config(
       )
 
 
-def _conv3x3(
+def conv3x3(
   features: int, dtype: Any, stride: int = 1, scale: float = 1.0, name: str | None = None
 ) -> nn.Conv:
+  """A 3x3 SAME convolution with the DDPM initializer (variance scale `scale`)."""
   return nn.Conv(
     features,
     (3, 3),
@@ -73,7 +74,7 @@ def _conv3x3(
   )
 
 
-def _group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
+def group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
   """GroupNorm in float32 (statistics, normalisation and affine map: in bfloat16, x - mean would
   lose the small deviations it rescales), its output cast to the compute dtype."""
   norm = GroupNorm(num_groups=num_groups, epsilon=GN_EPSILON, name=name)
@@ -81,7 +82,7 @@ def _group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array],
 
 
 class ResnetBlock(nn.Module):
-  """Pre-activation ResNet block; the timestep embedding is added between its two convs."""
+  """Pre-activation ResNet block; a timestep embedding, if given, is added between its two convs."""
 
   out_ch: int
   dropout: float
@@ -89,17 +90,19 @@ class ResnetBlock(nn.Module):
   dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array, train: bool) -> jax.Array:
-    """Returns x + F(x, temb) as [B, H, W, out_ch]."""
-    h = nn.silu(_group_norm(self.num_groups, self.dtype, "norm1")(x_BxHxWxC))
-    h = _conv3x3(self.out_ch, self.dtype, name="conv1")(h)
-    temb_proj = nn.Dense(
-      self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="temb_proj"
-    )
-    h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
-    h = nn.silu(_group_norm(self.num_groups, self.dtype, "norm2")(h))
+  def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array | None, train: bool) -> jax.Array:
+    """Returns x + F(x, temb) as [B, H, W, out_ch]; temb None: a block without the embedding
+    (and without its projection's parameters), as in the autoencoder."""
+    h = nn.silu(group_norm(self.num_groups, self.dtype, "norm1")(x_BxHxWxC))
+    h = conv3x3(self.out_ch, self.dtype, name="conv1")(h)
+    if temb_BxE is not None:
+      temb_proj = nn.Dense(
+        self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="temb_proj"
+      )
+      h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
+    h = nn.silu(group_norm(self.num_groups, self.dtype, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = _conv3x3(self.out_ch, self.dtype, scale=ZERO_ISH_SCALE, name="conv2")(h)
+    h = conv3x3(self.out_ch, self.dtype, scale=ZERO_ISH_SCALE, name="conv2")(h)
     if x_BxHxWxC.shape[-1] != self.out_ch:
       # 1x1 conv ("network in network") so the shortcut matches out_ch.
       nin_shortcut = nn.Dense(
@@ -119,7 +122,7 @@ class AttnBlock(nn.Module):
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns x + Attn(GN(x)) as [B, H, W, C]."""
     B, H, W, C = x_BxHxWxC.shape
-    h_BxNxC = _group_norm(self.num_groups, self.dtype, "norm")(x_BxHxWxC).reshape(B, H * W, C)
+    h_BxNxC = group_norm(self.num_groups, self.dtype, "norm")(x_BxHxWxC).reshape(B, H * W, C)
     dense = lambda name, scale=1.0: nn.Dense(
       C, kernel_init=default_init(scale), dtype=self.dtype, name=name
     )
@@ -141,7 +144,7 @@ class Downsample(nn.Module):
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns [B, H/2, W/2, C]."""
     if self.with_conv:
-      return _conv3x3(x_BxHxWxC.shape[-1], self.dtype, stride=2, name="conv")(x_BxHxWxC)
+      return conv3x3(x_BxHxWxC.shape[-1], self.dtype, stride=2, name="conv")(x_BxHxWxC)
     return nn.avg_pool(x_BxHxWxC, (2, 2), strides=(2, 2))
 
 
@@ -155,7 +158,7 @@ class Upsample(nn.Module):
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """Returns [B, 2H, 2W, C]."""
     h = jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
-    return _conv3x3(h.shape[-1], self.dtype, name="conv")(h) if self.with_conv else h
+    return conv3x3(h.shape[-1], self.dtype, name="conv")(h) if self.with_conv else h
 
 
 # The blocks rematerialised: the backward pass recomputes their activations instead of keeping
@@ -233,7 +236,7 @@ class UNet(nn.Module):
       return h
 
     # Down path: every block's output is kept for the skip connections.
-    hs = [_conv3x3(self.ch, dtype, name="conv_in")(x_BxHxWxC)]
+    hs = [conv3x3(self.ch, dtype, name="conv_in")(x_BxHxWxC)]
     for i, mult in enumerate(self.ch_mult):
       for j in range(self.num_res_blocks):
         h = res(hs[-1], self.ch * mult, f"down{i}_res{j}")
@@ -255,7 +258,7 @@ class UNet(nn.Module):
       if i != 0:
         h = Upsample(self.resamp_with_conv, dtype, name=f"up{i}_upsample")(h)
 
-    h = nn.silu(_group_norm(self.num_groups, dtype, "norm_out")(h))
-    out = _conv3x3(C * self.outputs_per_channel, dtype, scale=ZERO_ISH_SCALE, name="conv_out")(h)
+    h = nn.silu(group_norm(self.num_groups, dtype, "norm_out")(h))
+    out = conv3x3(C * self.outputs_per_channel, dtype, scale=ZERO_ISH_SCALE, name="conv_out")(h)
     # The loss, samplers and likelihoods read the prediction in float32.
     return out.astype(jnp.float32)
