@@ -50,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: class-conditional on labels 0..num_classes-1 (plus a null class for classifier-free
   # guidance); 0: unconditional
   model.num_classes = 0
+  # autoencoder_kl (models.AutoencoderKL, latent diffusion's autoencoder) reads ch, ch_mult,
+  # num_res_blocks, num_groups and dtype above, and these:
+  model.latent_channels = 4  # c, the channels of the latent z
+  model.mid_attention = True  # self-attention in the middle of the encoder and the decoder
+  # what latents are multiplied by for diffusion, as released with the weights (diffusers'
+  # scaling_factor; Stable Diffusion's 0.18215); 0: none given
+  model.latent_scale = 0.0
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = (

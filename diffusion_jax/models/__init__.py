@@ -33,6 +33,7 @@ __all__ = [
   "UNet",
   "apply",
   "classifier_log_prob",
+  "create_autoencoder",
   "create_classifier",
   "create_model",
   "denoiser",
@@ -116,6 +117,23 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       raise ValueError(f"model.name {m.name!r} with model.kwargs {kwargs}: {e}") from None
   raise ValueError(
     f"unknown model.name {m.name!r}; valid: {', '.join(_MODEL_NAMES)} or 'package.module:Class'"
+  )
+
+
+def create_autoencoder(config: ml_collections.ConfigDict) -> AutoencoderKL:
+  """The autoencoder config.model describes (name autoencoder_kl) for config.data's channels."""
+  m = config.model
+  if m.name != "autoencoder_kl":
+    raise ValueError(f"model.name {m.name!r} is not an autoencoder; use autoencoder_kl")
+  return AutoencoderKL(
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    num_groups=m.num_groups,
+    latent_channels=m.latent_channels,
+    image_channels=config.data.num_channels,
+    mid_attention=m.mid_attention,
+    dtype=m.dtype,
   )
 
 
