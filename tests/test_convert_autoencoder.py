@@ -14,8 +14,14 @@ import pytest
 import safetensors.numpy
 
 from diffusion_jax import models
-from diffusion_jax.pretrained import diffusers_autoencoder, diffusers_format, weight_files
-from tests.scripts import ROOT
+from diffusion_jax.pretrained import (
+  diffusers_autoencoder,
+  diffusers_format,
+  diffusers_unet,
+  weight_files,
+)
+from diffusion_jax.training import autoencoder_run
+from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "diffusers_vae_tiny")
 MODEL_DIR = os.path.join(FIXTURES, "model")
@@ -162,6 +168,25 @@ def test_bad_folders_are_refused(tmp_path):
   shutil.copy(WEIGHTS, tmp_path)
   with pytest.raises(ValueError, match="config.json is not valid JSON"):
     diffusers_autoencoder.load_diffusers_autoencoder(str(tmp_path))
+
+
+def test_cli_writes_an_autoencoder_run(converted, tmp_path):
+  config, params, _, _ = converted
+  workdir = str(tmp_path / "run")
+  args = ["--autoencoder", f"--model_dir={MODEL_DIR}", f"--workdir={workdir}"]
+  proc = run_script("convert_diffusers.py", *args, check=True)
+  assert "AutoencoderKL: 4,391 parameters" in proc.stdout and "f = 4" in proc.stdout, proc.stdout
+  vae, loaded, loaded_config = autoencoder_run.load_autoencoder(workdir)
+  assert loaded_config.to_dict() == config.to_dict() and vae.factor == 4
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(loaded), params)))
+
+  args = ["--autoencoder", f"--model_dir={tmp_path}", f"--workdir={tmp_path / 'other'}"]
+  assert_fails_cleanly(run_script("convert_diffusers.py", *args), "no config.json, nor vae/")
+
+
+def test_the_unet_converter_points_to_the_autoencoder_one():
+  with pytest.raises(ValueError, match=r"an AutoencoderKL, not a U-Net.*--autoencoder\)$"):
+    diffusers_unet.unet_model_config(VAE_CONFIG)
 
 
 @pytest.mark.parametrize("size", [32])

@@ -199,11 +199,14 @@ def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
   Raises:
     ValueError: one line naming a key whose value our U-Net cannot compute exactly.
   """
-  if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+  cls = unet_config.get("_class_name", "UNet2DModel")
+  if cls == "AutoencoderKL":
     raise ValueError(
-      f"config.json _class_name={unet_config['_class_name']!r} is not supported; only "
-      "UNet2DModel is"
+      "config.json describes an AutoencoderKL, not a U-Net; convert it with diffusers_autoencoder "
+      "(convert_diffusers.py --autoencoder)"
     )
+  if cls != "UNet2DModel":
+    raise ValueError(f"config.json _class_name={cls!r} is not supported; only UNet2DModel is")
   cfg = diffusers_format.with_defaults(unet_config, _UNET_DEFAULTS, "UNet2DModel")
   diffusers_format.require(cfg, _UNET_REQUIRED, "UNet2DModel")
   if cfg["act_fn"] not in ("silu", "swish"):  # diffusers maps both names to SiLU
