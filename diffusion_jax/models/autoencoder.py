@@ -42,16 +42,21 @@ def _middle(h: jax.Array, num_groups: int, attention: bool, dtype: jnp.dtype) ->
   return res(h, "mid_res1")
 
 
-class Encoder(nn.Module):
-  """Images to the moments of q(z|x); the fields are `AutoencoderKL`'s."""
+class _Blocks(nn.Module):
+  """The fields the encoder and the decoder share, `AutoencoderKL`'s."""
 
   ch: int
   ch_mult: Sequence[int]
   num_res_blocks: int
   num_groups: int
-  latent_channels: int
   mid_attention: bool
   dtype: str
+
+
+class Encoder(_Blocks):
+  """Images to the moments of q(z|x)."""
+
+  latent_channels: int
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -69,16 +74,10 @@ class Encoder(nn.Module):
     return conv3x3(2 * self.latent_channels, dtype, name="conv_out")(h)
 
 
-class Decoder(nn.Module):
-  """Latents to images; the fields are `AutoencoderKL`'s."""
+class Decoder(_Blocks):
+  """Latents to images."""
 
-  ch: int
-  ch_mult: Sequence[int]
-  num_res_blocks: int
-  num_groups: int
   image_channels: int
-  mid_attention: bool
-  dtype: str
 
   @nn.compact
   def __call__(self, z_BxhxwxC: jax.Array) -> jax.Array:

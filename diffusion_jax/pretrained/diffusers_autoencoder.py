@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import models
-from diffusion_jax.configs import default
 from diffusion_jax.pretrained import diffusers_format, weight_files
 
 # AutoencoderKL's constructor defaults (diffusers 0.42), which apply to the keys a config omits.
@@ -97,39 +96,20 @@ def autoencoder_config(vae_config: dict[str, Any]) -> dict[str, Any]:
   Raises:
     ValueError: one line naming a key whose value our autoencoder cannot compute exactly.
   """
-  if vae_config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-    raise ValueError(
-      f"config.json _class_name={vae_config['_class_name']!r} is not supported; only "
-      "AutoencoderKL is"
-    )
-  cfg = diffusers_format.with_defaults(vae_config, _DEFAULTS, "AutoencoderKL")
-  diffusers_format.require(cfg, _REQUIRED, "AutoencoderKL")
-  if cfg["act_fn"] not in ("silu", "swish"):  # diffusers maps both names to SiLU
-    raise ValueError(f"AutoencoderKL act_fn={cfg['act_fn']!r} is not supported; only silu is")
-  if cfg["in_channels"] != cfg["out_channels"]:
-    raise ValueError(
-      f"AutoencoderKL out_channels={cfg['out_channels']} is not supported; it must equal "
-      f"in_channels={cfg['in_channels']}"
-    )
-  channels = list(cfg["block_out_channels"])
-  ch = channels[0]
-  if any(c % ch for c in channels):
-    raise ValueError(
-      f"AutoencoderKL block_out_channels={channels} is not supported; each must be a multiple "
-      f"of the first ({ch})"
-    )
+  cfg = diffusers_format.checked_config(vae_config, "AutoencoderKL", _DEFAULTS, _REQUIRED)
+  ch, ch_mult = diffusers_format.channel_multipliers(cfg, "AutoencoderKL")
   blocks = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
   for key, block in blocks.items():
-    if list(cfg[key]) != [block] * len(channels):
+    if list(cfg[key]) != [block] * len(ch_mult):
       raise ValueError(
-        f"AutoencoderKL {key}={list(cfg[key])} is not supported; only {len(channels)} x "
+        f"AutoencoderKL {key}={list(cfg[key])} is not supported; only {len(ch_mult)} x "
         f"{block} (one per block_out_channels entry) is"
       )
   return {
     "model": dict(
       name="autoencoder_kl",
       ch=ch,
-      ch_mult=tuple(c // ch for c in channels),
+      ch_mult=ch_mult,
       num_res_blocks=cfg["layers_per_block"],
       num_groups=cfg["norm_num_groups"],
       latent_channels=cfg["latent_channels"],
@@ -145,11 +125,7 @@ def make_config(
 ) -> ml_collections.ConfigDict:
   """Our config for a diffusers AutoencoderKL: base_config (default: configs/default.py's) with
   the model group and data.num_channels set."""
-  config = ml_collections.ConfigDict((base_config or default.get_config()).to_dict())
-  for group, fields in autoencoder_config(vae_config).items():
-    config[group].update(fields)
-  config.lock()
-  return config
+  return diffusers_format.config_over(base_config, autoencoder_config(vae_config))
 
 
 def convert_params(

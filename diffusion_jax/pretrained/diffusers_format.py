@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
+
+from diffusion_jax.configs import default
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -68,6 +71,53 @@ def require(cfg: dict[str, Any], required: dict[str, Any], what: str) -> None:
   for key, want in required.items():
     if key in cfg and cfg[key] != want:
       raise ValueError(f"{what} {key}={cfg[key]!r} is not supported; only {want!r} is")
+
+
+def checked_config(
+  config: dict[str, Any], cls: str, defaults: dict[str, Any], required: dict[str, Any]
+) -> dict[str, Any]:
+  """A diffusers model config over the defaults of its class `cls`, refusing another
+  _class_name, keys `cls` does not have, values other than `required`'s, an activation other
+  than SiLU, and out_channels other than in_channels."""
+  if config.get("_class_name", cls) != cls:
+    raise ValueError(
+      f"config.json _class_name={config['_class_name']!r} is not supported; only {cls} is"
+    )
+  cfg = with_defaults(config, defaults, cls)
+  require(cfg, required, cls)
+  if cfg["act_fn"] not in ("silu", "swish"):  # diffusers maps both names to SiLU
+    raise ValueError(f"{cls} act_fn={cfg['act_fn']!r} is not supported; only silu is")
+  if cfg["in_channels"] != cfg["out_channels"]:
+    raise ValueError(
+      f"{cls} out_channels={cfg['out_channels']} is not supported; it must equal "
+      f"in_channels={cfg['in_channels']}"
+    )
+  return cfg
+
+
+def channel_multipliers(cfg: dict[str, Any], cls: str) -> tuple[int, tuple[int, ...]]:
+  """block_out_channels as our (ch, ch_mult): each must be a multiple of the first."""
+  channels = list(cfg["block_out_channels"])
+  ch = channels[0]
+  if any(c % ch for c in channels):
+    raise ValueError(
+      f"{cls} block_out_channels={channels} is not supported; each must be a multiple of the "
+      f"first ({ch})"
+    )
+  return ch, tuple(c // ch for c in channels)
+
+
+def config_over(
+  base_config: ml_collections.ConfigDict | None, *mapped: dict[str, dict[str, Any]]
+) -> ml_collections.ConfigDict:
+  """A locked copy of base_config (default: configs/default.py's) with the fields of each mapped
+  {group: {field: value}} set."""
+  config = ml_collections.ConfigDict((base_config or default.get_config()).to_dict())
+  for groups in mapped:
+    for group, fields in groups.items():
+      config[group].update(fields)
+  config.lock()
+  return config
 
 
 def block_prefix(module: str, sub: str | None, num_levels: int) -> str:

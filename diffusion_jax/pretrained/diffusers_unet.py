@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import models
-from diffusion_jax.configs import default
 from diffusion_jax.pretrained import diffusers_format, weight_files
 
 # UNet2DModel's constructor defaults (diffusers 0.42), which apply to the keys a config omits.
@@ -199,36 +198,20 @@ def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
   Raises:
     ValueError: one line naming a key whose value our U-Net cannot compute exactly.
   """
-  cls = unet_config.get("_class_name", "UNet2DModel")
-  if cls == "AutoencoderKL":
+  if unet_config.get("_class_name") == "AutoencoderKL":
     raise ValueError(
       "config.json describes an AutoencoderKL, not a U-Net; convert it with diffusers_autoencoder "
       "(convert_diffusers.py --autoencoder)"
     )
-  if cls != "UNet2DModel":
-    raise ValueError(f"config.json _class_name={cls!r} is not supported; only UNet2DModel is")
-  cfg = diffusers_format.with_defaults(unet_config, _UNET_DEFAULTS, "UNet2DModel")
-  diffusers_format.require(cfg, _UNET_REQUIRED, "UNet2DModel")
-  if cfg["act_fn"] not in ("silu", "swish"):  # diffusers maps both names to SiLU
-    raise ValueError(f"UNet2DModel act_fn={cfg['act_fn']!r} is not supported; only silu is")
-  if cfg["in_channels"] != cfg["out_channels"]:
-    raise ValueError(
-      f"UNet2DModel out_channels={cfg['out_channels']} is not supported; it must equal "
-      f"in_channels={cfg['in_channels']} (an eps prediction)"
-    )
+  cfg = diffusers_format.checked_config(unet_config, "UNet2DModel", _UNET_DEFAULTS, _UNET_REQUIRED)
   size = cfg["sample_size"]
   if isinstance(size, list | tuple) and len(size) == 2 and size[0] == size[1]:
     size = size[0]
   if not isinstance(size, int):
     raise ValueError(f"UNet2DModel sample_size={size!r} is not supported; give one int (square)")
 
-  channels = list(cfg["block_out_channels"])
-  ch = channels[0]
-  if any(c % ch for c in channels):
-    raise ValueError(
-      f"UNet2DModel block_out_channels={channels} is not supported; each must be a multiple of "
-      f"the first ({ch})"
-    )
+  ch, ch_mult = diffusers_format.channel_multipliers(cfg, "UNet2DModel")
+  channels = [ch * m for m in ch_mult]
   if cfg["time_embedding_dim"] not in (None, 4 * ch):
     raise ValueError(
       f"UNet2DModel time_embedding_dim={cfg['time_embedding_dim']} is not supported; only None "
@@ -272,7 +255,7 @@ def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
     "model": dict(
       name="unet",
       ch=ch,
-      ch_mult=tuple(c // ch for c in channels),
+      ch_mult=ch_mult,
       num_res_blocks=cfg["layers_per_block"],
       attn_resolutions=tuple(size // 2**i for i in attn_levels),
       dropout=float(cfg["dropout"]),
@@ -352,14 +335,8 @@ def make_config(
   Returns:
     The config, with model, data.image_size/num_channels, diffusion and sampling set.
   """
-  if base_config is None:
-    base_config = default.get_config()
-  config = ml_collections.ConfigDict(base_config.to_dict())
-  for mapped in (unet_model_config(unet_config), scheduler_config(sched_config)):
-    for group, fields in mapped.items():
-      config[group].update(fields)
-  config.lock()
-  return config
+  mapped = (unet_model_config(unet_config), scheduler_config(sched_config))
+  return diffusers_format.config_over(base_config, *mapped)
 
 
 def convert_params(
