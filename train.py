@@ -1,6 +1,8 @@
 """Trains a DDPM: python train.py --config=configs/cifar10.py --workdir=runs/cifar10.
 
-Running the same command again resumes from the latest checkpoint in the workdir.
+Running the same command again resumes from the latest checkpoint in the workdir. A config whose
+model is an autoencoder_kl trains latent diffusion's autoencoder instead:
+python train.py --config=configs/digits_autoencoder.py --workdir=runs/digits_autoencoder
 """
 
 import sys
@@ -11,7 +13,7 @@ from ml_collections import config_flags
 
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.cli import logs
-from diffusion_jax.training import loop
+from diffusion_jax.training import autoencoder_loop, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -26,7 +28,10 @@ def main(argv):
   try:
     _initialize_distributed()
     logging.info("devices: %s", jax.devices())
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _CONFIG.value.model.name == "autoencoder_kl":
+      autoencoder_loop.train_autoencoder(_CONFIG.value, _WORKDIR.value)
+    else:
+      loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   # conditional models: probability that a label is replaced by the null class (classifier-free
   # guidance needs the unconditional model this trains; 0 trains a purely conditional one)
   training.label_dropout = 0.1
+  # model autoencoder_kl: the loss per image is sum |x - x_rec| (l1) or (x - x_rec)^2 (l2) plus
+  # kl_weight x KL(q(z|x) || N(0, I)) (latents.autoencoder_loss; LDM's beta is 1e-6)
+  training.reconstruction_loss = "l1"
+  training.kl_weight = 1e-6
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4

@@ -103,3 +103,19 @@ def test_bad_images_are_refused(tiny):
     vae.apply({"params": params}, _images(size=7), method="encode")
   with pytest.raises(ValueError, match="num_groups 3 does not divide"):
     AutoencoderKL(**{**TINY, "num_groups": 3}).init(jax.random.key(0), _images())
+
+
+@pytest.mark.parametrize("reconstruction", ["l1", "l2"])
+def test_objective_against_numpy(reconstruction):
+  rng = np.random.default_rng(2)
+  x, x_rec = (rng.uniform(-1, 1, (3, 4, 4, 1)) for _ in range(2))
+  mean, logvar = (rng.standard_normal((3, 2, 2, 2)) for _ in range(2))
+  loss, rec, kl = latents.autoencoder_loss(
+    *map(jnp.asarray, (x, x_rec, mean, logvar)), reconstruction=reconstruction, kl_weight=0.5
+  )
+  diff = np.abs(x - x_rec) if reconstruction == "l1" else (x - x_rec) ** 2
+  np.testing.assert_allclose(rec, diff.sum(axis=(1, 2, 3)), rtol=1e-5)
+  np.testing.assert_allclose(kl, latents.kl_to_standard_normal(mean, logvar), rtol=1e-6)
+  np.testing.assert_allclose(loss, rec + 0.5 * kl, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown reconstruction loss 'l3'"):
+    latents.autoencoder_loss(x, x_rec, mean, logvar, reconstruction="l3", kl_weight=0.5)
