@@ -50,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: class-conditional on labels 0..num_classes-1 (plus a null class for classifier-free
   # guidance); 0: unconditional
   model.num_classes = 0
+  # autoencoder_kl (models.AutoencoderKL, latent diffusion's autoencoder) reads ch, ch_mult,
+  # num_res_blocks, num_groups and dtype above, and these:
+  model.latent_channels = 4  # c, the channels of the latent z
+  model.mid_attention = True  # self-attention in the middle of the encoder and the decoder
+  # what latents are multiplied by for diffusion, as released with the weights (diffusers'
+  # scaling_factor; Stable Diffusion's 0.18215); 0: none given
+  model.latent_scale = 0.0
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = (
@@ -80,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   # conditional models: probability that a label is replaced by the null class (classifier-free
   # guidance needs the unconditional model this trains; 0 trains a purely conditional one)
   training.label_dropout = 0.1
+  # model autoencoder_kl: the loss per image is sum |x - x_rec| (l1) or (x - x_rec)^2 (l2) plus
+  # kl_weight x KL(q(z|x) || N(0, I)) (latents.autoencoder_loss; LDM's beta is 1e-6)
+  training.reconstruction_loss = "l1"
+  training.kl_weight = 1e-6
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4

@@ -19,6 +19,7 @@ _MODULES = (
   "figures",
   "guidance",
   "images",
+  "latents",
   "likelihood",
   "losses",
   "metrics",

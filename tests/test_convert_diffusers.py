@@ -17,7 +17,7 @@ import pytest
 from diffusion_jax import models
 from diffusion_jax.configs import cifar10
 from diffusion_jax.evaluation import run_loading
-from diffusion_jax.pretrained import diffusers_unet, weight_files
+from diffusion_jax.pretrained import diffusers_format, diffusers_unet, weight_files
 from diffusion_jax.training import imported_run, run_config
 from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
@@ -242,7 +242,7 @@ def test_folders_without_weights_or_scheduler_are_refused(tmp_path):
   os.remove(folder / "scheduler_config.json")
   with pytest.raises(ValueError, match="no scheduler_config.json"):
     diffusers_unet.find_files(str(folder))
-  for name in diffusers_unet.WEIGHT_FILES:
+  for name in diffusers_format.WEIGHT_FILES:
     os.remove(folder / name)
   with pytest.raises(ValueError, match="has no weights"):
     diffusers_unet.find_files(str(folder))

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_jax.pretrained import diffusers_unet, hub
+from diffusion_jax.pretrained import diffusers_autoencoder, diffusers_unet, hub
 from diffusion_jax.training import run_config
 from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
@@ -124,6 +124,22 @@ def test_online_only_the_files_read_are_downloaded(monkeypatch):
   fake.files = ["config.json", "scheduler_config.json"]
   with pytest.raises(ValueError, match=f"{REPO} on the Hugging Face Hub has no weights"):
     hub.model_folder(REPO)
+
+
+def test_an_autoencoder_is_fetched_alone_and_found_in_the_cache(monkeypatch, tmp_path):
+  choose = diffusers_autoencoder.choose_files
+  vae_files = ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+  fake = _FakeHub(monkeypatch, [*PIPELINE_FILES, *vae_files, "vae/diffusion_pytorch_model.bin"])
+  hub.model_folder("runwayml/stable-diffusion-v1-5", files=choose)
+  assert fake.downloads == [vae_files]  # of a whole pipeline, only its autoencoder
+  monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+  vae_dir = os.path.join(ROOT, "tests", "fixtures", "diffusers_vae_tiny", "model")
+  files = ("config.json", "diffusion_pytorch_model.safetensors")
+  snapshot = _cache(str(tmp_path), vae_dir, files, repo="stabilityai/sd-vae-ft-mse")
+  found = hub.model_folder("stabilityai/sd-vae-ft-mse", cache_dir=str(tmp_path), files=choose)
+  assert found == snapshot
+  with pytest.raises(ValueError, match="google/ddpm-cifar10-32 is not cached"):
+    hub.model_folder(REPO, cache_dir=str(tmp_path), files=choose)
 
 
 def test_online_errors(monkeypatch, tmp_path):

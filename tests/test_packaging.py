@@ -23,6 +23,7 @@ LAYERS = [
     "ode_solvers",
     "oracles",
     "guidance",
+    "latents",
   },
   {"sharding", "images", "figures", "configs"},
   {"models", "data", "pretrained"},

@@ -1,5 +1,6 @@
 """Training: EMA and warmup arithmetic, loss falls, resume is exact, 1 vs 4 devices agree."""
 
+import functools
 import json
 import os
 import shutil
@@ -405,7 +406,8 @@ def test_the_scan_of_several_steps_matches_them_one_by_one():
   batches = np.stack([ds.get_batch(i) for i in range(4)])
   state, _ = _state_and_batch(config, mesh)
   kwargs = train_step_module._step_kwargs(config, model, sched, mesh)
-  scanned = jax.jit(lambda s, x: train_step_module.train_steps(s, x, jax.random.key(1), **kwargs))
+  step = functools.partial(train_step_module.train_step, **kwargs)
+  scanned = jax.jit(lambda s, x: train_step_module.scan_steps(step, s, x, jax.random.key(1)))
   one = make_train_step(config, model, sched, mesh)
   by_scan, scan_metrics = scanned(state, batches)
   by_steps, step_metrics = state, []

@@ -1,4 +1,5 @@
 """Denoising networks and the config-driven factory; any Flax module that keeps the call contract.
+Also the autoencoder of latent diffusion (`AutoencoderKL`), which is not a denoiser.
 
 The call contract: `module.apply(variables, x_t, t, train=...)` with x_t [B, ...] and t [B]
 timestep indices (int32, or float32 for the continuous-time samplers; see `parametrization`)
@@ -18,18 +19,21 @@ import jax
 import ml_collections
 
 from diffusion_jax import guidance, parametrization
+from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.layers import COMPUTE_DTYPES
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet, check_unet_config
 
 __all__ = [
+  "AutoencoderKL",
   "COMPUTE_DTYPES",
   "MLP",
   "NoisyClassifier",
   "UNet",
   "apply",
   "classifier_log_prob",
+  "create_autoencoder",
   "create_classifier",
   "create_model",
   "denoiser",
@@ -122,6 +126,23 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       raise ValueError(f"model.name {m.name!r} with model.kwargs {kwargs}: {e}") from None
   raise ValueError(
     f"unknown model.name {m.name!r}; valid: {', '.join(_MODEL_NAMES)} or 'package.module:Class'"
+  )
+
+
+def create_autoencoder(config: ml_collections.ConfigDict) -> AutoencoderKL:
+  """The autoencoder config.model describes (name autoencoder_kl) for config.data's channels."""
+  m = config.model
+  if m.name != "autoencoder_kl":
+    raise ValueError(f"model.name {m.name!r} is not an autoencoder; use autoencoder_kl")
+  return AutoencoderKL(
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    num_groups=m.num_groups,
+    latent_channels=m.latent_channels,
+    image_channels=config.data.num_channels,
+    mid_attention=m.mid_attention,
+    dtype=m.dtype,
   )
 
 

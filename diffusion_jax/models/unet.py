@@ -59,7 +59,7 @@ def check_unet_config(
 
 
 class ResnetBlock(nn.Module):
-  """Pre-activation ResNet block; the timestep embedding is added between its two convs."""
+  """Pre-activation ResNet block; a timestep embedding, if given, is added between its two convs."""
 
   out_ch: int
   dropout: float
@@ -67,14 +67,16 @@ class ResnetBlock(nn.Module):
   dtype: Any = jnp.float32  # compute dtype; the parameters are float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array, train: bool) -> jax.Array:
-    """Returns x + F(x, temb) as [B, H, W, out_ch]."""
+  def __call__(self, x_BxHxWxC: jax.Array, temb_BxE: jax.Array | None, train: bool) -> jax.Array:
+    """Returns x + F(x, temb) as [B, H, W, out_ch]; temb None: a block without the embedding
+    (and without its projection's parameters), as in the autoencoder."""
     h = nn.silu(group_norm(self.num_groups, self.dtype, "norm1")(x_BxHxWxC))
     h = conv3x3(self.out_ch, self.dtype, name="conv1")(h)
-    temb_proj = nn.Dense(
-      self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="temb_proj"
-    )
-    h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
+    if temb_BxE is not None:
+      temb_proj = nn.Dense(
+        self.out_ch, kernel_init=default_init(), dtype=self.dtype, name="temb_proj"
+      )
+      h += temb_proj(nn.silu(temb_BxE))[:, None, None, :]
     h = nn.silu(group_norm(self.num_groups, self.dtype, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv3x3(self.out_ch, self.dtype, scale=ZERO_ISH_SCALE, name="conv2")(h)

@@ -1,2 +1,3 @@
 """Released weights: PyTorch weight files read without PyTorch (`weight_files`), the DDPM U-Nets
-of the diffusers format (`diffusers_unet`) and those models fetched by Hub name (`hub`)."""
+(`diffusers_unet`) and the KL autoencoders (`diffusers_autoencoder`) of the diffusers format, what
+those converters share (`diffusers_format`), and models fetched by Hub name (`hub`)."""

@@ -30,9 +30,7 @@ Sampling as diffusers does, with the same noise the trajectories agree to float3
 - steps_offset other than 0 (not used by the DDPM releases) has no counterpart here.
 """
 
-import json
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +40,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import models
-from diffusion_jax.configs import default
-from diffusion_jax.pretrained import weight_files
-
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+from diffusion_jax.pretrained import diffusers_format, weight_files
 
 # UNet2DModel's constructor defaults (diffusers 0.42), which apply to the keys a config omits.
 _UNET_DEFAULTS = {
@@ -145,19 +140,6 @@ _VARIANCES = {"fixed_small": "fixedsmall", "fixed_large": "fixedlarge"}
 
 _DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 
-# Our submodule name -> diffusers', inside a ResNet block and an attention block.
-_RES_NAMES = {
-  "norm1": "norm1",
-  "conv1": "conv1",
-  "temb_proj": "time_emb_proj",
-  "norm2": "norm2",
-  "conv2": "conv2",
-  "nin_shortcut": "conv_shortcut",
-}
-_ATTN_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-# Names in hub files written before diffusers renamed its attention block's layers.
-_LEGACY_ATTN_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
-
 
 def choose_files(exists: Callable[[str], bool], where: str) -> tuple[str, str, str]:
   """Picks the U-Net config, weight file and scheduler config of a diffusers model or pipeline.
@@ -176,11 +158,7 @@ def choose_files(exists: Callable[[str], bool], where: str) -> tuple[str, str, s
       raise ValueError(
         f"{where} has no config.json, nor unet/config.json; is it a diffusers model?"
       )
-  weights = next((model + n for n in WEIGHT_FILES if exists(model + n)), None)
-  if weights is None:
-    raise ValueError(
-      f"{where} has no weights; expected {' or '.join(model + n for n in WEIGHT_FILES)}"
-    )
+  weights = diffusers_format.choose_weights(exists, model, where)
   # A model folder holds it beside config.json; a pipeline in scheduler/, beside unet/.
   candidates = dict.fromkeys(
     ["scheduler_config.json", f"{model}scheduler_config.json", "scheduler/scheduler_config.json"]
@@ -208,27 +186,6 @@ def find_files(folder: str) -> tuple[str, str, str]:
   return local(config), local(weights), local(scheduler)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _with_defaults(cfg: dict[str, Any], defaults: dict[str, Any], what: str) -> dict[str, Any]:
-  """cfg over the defaults, refusing keys diffusers would not read (metadata `_...` aside)."""
-  unknown = sorted(k for k in cfg if not k.startswith("_") and k not in defaults)
-  if unknown:
-    raise ValueError(
-      f"{what} key {unknown[0]!r} is not supported; supported keys: {', '.join(defaults)}"
-    )
-  return {**defaults, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
-
-
-def _require(cfg: dict[str, Any], required: dict[str, Any], what: str) -> None:
-  for key, want in required.items():
-    if key in cfg and cfg[key] != want:
-      raise ValueError(f"{what} {key}={cfg[key]!r} is not supported; only {want!r} is")
-
-
 def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
   """Maps a UNet2DModel config to our config's `model` and `data` fields.
 
@@ -241,33 +198,20 @@ def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
   Raises:
     ValueError: one line naming a key whose value our U-Net cannot compute exactly.
   """
-  if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+  if unet_config.get("_class_name") == "AutoencoderKL":
     raise ValueError(
-      f"config.json _class_name={unet_config['_class_name']!r} is not supported; only "
-      "UNet2DModel is"
+      "config.json describes an AutoencoderKL, not a U-Net; convert it with diffusers_autoencoder "
+      "(convert_diffusers.py --autoencoder)"
     )
-  cfg = _with_defaults(unet_config, _UNET_DEFAULTS, "UNet2DModel")
-  _require(cfg, _UNET_REQUIRED, "UNet2DModel")
-  if cfg["act_fn"] not in ("silu", "swish"):  # diffusers maps both names to SiLU
-    raise ValueError(f"UNet2DModel act_fn={cfg['act_fn']!r} is not supported; only silu is")
-  if cfg["in_channels"] != cfg["out_channels"]:
-    raise ValueError(
-      f"UNet2DModel out_channels={cfg['out_channels']} is not supported; it must equal "
-      f"in_channels={cfg['in_channels']} (an eps prediction)"
-    )
+  cfg = diffusers_format.checked_config(unet_config, "UNet2DModel", _UNET_DEFAULTS, _UNET_REQUIRED)
   size = cfg["sample_size"]
   if isinstance(size, list | tuple) and len(size) == 2 and size[0] == size[1]:
     size = size[0]
   if not isinstance(size, int):
     raise ValueError(f"UNet2DModel sample_size={size!r} is not supported; give one int (square)")
 
-  channels = list(cfg["block_out_channels"])
-  ch = channels[0]
-  if any(c % ch for c in channels):
-    raise ValueError(
-      f"UNet2DModel block_out_channels={channels} is not supported; each must be a multiple of "
-      f"the first ({ch})"
-    )
+  ch, ch_mult = diffusers_format.channel_multipliers(cfg, "UNet2DModel")
+  channels = [ch * m for m in ch_mult]
   if cfg["time_embedding_dim"] not in (None, 4 * ch):
     raise ValueError(
       f"UNet2DModel time_embedding_dim={cfg['time_embedding_dim']} is not supported; only None "
@@ -311,7 +255,7 @@ def unet_model_config(unet_config: dict[str, Any]) -> dict[str, Any]:
     "model": dict(
       name="unet",
       ch=ch,
-      ch_mult=tuple(c // ch for c in channels),
+      ch_mult=ch_mult,
       num_res_blocks=cfg["layers_per_block"],
       attn_resolutions=tuple(size // 2**i for i in attn_levels),
       dropout=float(cfg["dropout"]),
@@ -343,8 +287,8 @@ def scheduler_config(sched_config: dict[str, Any]) -> dict[str, Any]:
   if sched_config.get("predict_epsilon", True) is not True:
     raise ValueError(f"{cls} predict_epsilon=False is not supported; only epsilon prediction is")
   defaults = {**_SCHEDULER_DEFAULTS, **_SCHEDULER_OBSOLETE, **_SCHEDULER_CLASS_DEFAULTS[cls]}
-  cfg = _with_defaults(sched_config, defaults, cls)
-  _require(cfg, _SCHEDULER_REQUIRED, cls)
+  cfg = diffusers_format.with_defaults(sched_config, defaults, cls)
+  diffusers_format.require(cfg, _SCHEDULER_REQUIRED, cls)
   if cfg["beta_schedule"] not in _BETA_SCHEDULES:
     raise ValueError(
       f"{cls} beta_schedule={cfg['beta_schedule']!r} is not supported; use "
@@ -391,71 +335,8 @@ def make_config(
   Returns:
     The config, with model, data.image_size/num_channels, diffusion and sampling set.
   """
-  if base_config is None:
-    base_config = default.get_config()
-  config = ml_collections.ConfigDict(base_config.to_dict())
-  for mapped in (unet_model_config(unet_config), scheduler_config(sched_config)):
-    for group, fields in mapped.items():
-      config[group].update(fields)
-  config.lock()
-  return config
-
-
-def _diffusers_prefix(module: str, sub: str | None, num_levels: int) -> str:
-  """The diffusers module path of our module `module` (and its submodule `sub`)."""
-  if module in ("conv_in", "conv_out"):
-    return module
-  if module == "norm_out":
-    return "conv_norm_out"
-  if module.startswith("temb_dense"):
-    return f"time_embedding.linear_{int(module[-1]) + 1}"
-  m = re.fullmatch(r"(down|up)(\d+)_(res|attn|downsample|upsample)(\d*)", module)
-  if m:
-    path, level, kind, j = m.groups()
-    # diffusers lists its up blocks from the lowest resolution: up_blocks[k] is our level L-1-k.
-    k = int(level) if path == "down" else num_levels - 1 - int(level)
-    block = f"{path}_blocks.{k}"
-  else:
-    m = re.fullmatch(r"mid_(res|attn)(\d*)", module)
-    kind, j = m.groups()
-    block, j = "mid_block", j or "0"
-  if kind == "res":
-    return f"{block}.resnets.{j}.{_RES_NAMES[sub]}"
-  if kind == "attn":
-    return f"{block}.attentions.{j}.{_ATTN_NAMES[sub]}"
-  return f"{block}.{kind}rs.0.conv"  # downsamplers / upsamplers
-
-
-def _stored_name(state_dict: dict[str, np.ndarray], name: str) -> str:
-  """`name`, or the older name of the same attention layer when the file uses that one."""
-  if name in state_dict:
-    return name
-  m = re.fullmatch(r"(.*\.attentions\.\d+)\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)", name)
-  legacy = m and f"{m[1]}.{_LEGACY_ATTN_NAMES[m[2]]}.{m[3]}"
-  if legacy in state_dict:
-    return legacy
-  raise ValueError(f"the weights have no tensor {name}, which the config needs")
-
-
-def _to_ours(name: str, w: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
-  """A diffusers tensor in our layout: conv [O, I, kh, kw] -> [kh, kw, I, O]; Linear and 1x1
-  conv [O, I(, 1, 1)] -> Dense [I, O]; vectors unchanged. Refuses any other shape."""
-  if len(ours) == 4:
-    expected = (ours[3], ours[2], ours[0], ours[1])
-  elif len(ours) == 2:
-    expected = (ours[1], ours[0]) + ((1, 1) if name.endswith("conv_shortcut.weight") else ())
-  else:
-    expected = ours
-  if w.shape != expected:
-    raise ValueError(f"tensor {name} has shape {w.shape}, but the config implies {expected}")
-  if not np.issubdtype(w.dtype, np.floating) and w.dtype.name != "bfloat16":
-    raise ValueError(f"tensor {name} has dtype {w.dtype}; expected floating point weights")
-  w = w.astype(np.float32)
-  if len(ours) == 4:
-    return w.transpose(2, 3, 1, 0)
-  if len(ours) == 2:
-    return w.reshape(w.shape[:2]).T
-  return w
+  mapped = (unet_model_config(unet_config), scheduler_config(sched_config))
+  return diffusers_format.config_over(base_config, *mapped)
 
 
 def convert_params(
@@ -483,22 +364,11 @@ def convert_params(
   t = jax.ShapeDtypeStruct((1,), jnp.int32)
   abstract = jax.eval_shape(lambda x, t: model.init(jax.random.key(0), x, t), x, t)["params"]
   num_levels = len(config.model.ch_mult)
-  unused = set(state_dict)
-
-  def fill(path, leaf):
-    names = [p.key for p in path]
-    prefix = _diffusers_prefix(names[0], names[1] if len(names) == 3 else None, num_levels)
-    suffix = "bias" if names[-1] == "bias" else "weight"  # kernel and GroupNorm scale
-    name = _stored_name(state_dict, f"{prefix}.{suffix}")
-    unused.discard(name)
-    return _to_ours(name, np.asarray(state_dict[name]), leaf.shape)
-
-  params = jax.tree_util.tree_map_with_path(fill, abstract)
-  if unused:
-    raise ValueError(
-      f"the weights hold {len(unused)} tensors the config does not use, e.g. {min(unused)}"
-    )
-  return params
+  # A leaf's module path is a block (conv_in) or a block and its layer (down0_res1, conv1).
+  module_name = lambda keys: diffusers_format.block_prefix(
+    keys[0], keys[1] if len(keys) == 2 else None, num_levels
+  )
+  return diffusers_format.convert_tree(state_dict, abstract, module_name)
 
 
 def load_diffusers_unet(
@@ -514,5 +384,6 @@ def load_diffusers_unet(
     (config, params): params are float32 NumPy arrays in our U-Net's tree.
   """
   config_path, weights_path, scheduler_path = find_files(folder)
-  config = make_config(_read_json(config_path), _read_json(scheduler_path), base_config)
+  read = diffusers_format.read_json
+  config = make_config(read(config_path), read(scheduler_path), base_config)
   return config, convert_params(weight_files.read_weights(weights_path), config)

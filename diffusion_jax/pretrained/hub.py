@@ -1,19 +1,22 @@
-"""Diffusers models by their Hub name (google/ddpm-cifar10-32): the files `diffusers_unet` reads,
-downloaded once into the Hugging Face cache and found there afterwards, with or without a network.
+"""Diffusers models by their Hub name (google/ddpm-cifar10-32): the files `diffusers_unet` (or
+`diffusers_autoencoder`) reads, downloaded once into the Hugging Face cache and found there
+afterwards, with or without a network.
 
   folder = hub.model_folder("google/ddpm-cifar10-32")
   config, params = diffusers_unet.load_diffusers_unet(folder)
+  folder = hub.model_folder("stabilityai/sd-vae-ft-mse", files=diffusers_autoencoder.choose_files)
 
 Only the files the converter reads are fetched: the U-Net config, one weight file (safetensors
 where the repo has both) and the scheduler config, from a model repo or a pipeline's `unet/` and
-`scheduler/`. The cache is huggingface_hub's, shared with the other libraries that use it
-(HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub). With HF_HUB_OFFLINE=1, with
-`local_files_only`, or when the Hub cannot be reached, the cache alone answers. huggingface_hub
-reads these variables when it is imported: set them before, or pass `cache_dir` and
-`local_files_only`.
+`scheduler/`; for an autoencoder its config and one weight file, from a model repo or `vae/`.
+The cache is huggingface_hub's, shared with the other libraries that use it (HF_HUB_CACHE, else
+HF_HOME/hub, else ~/.cache/huggingface/hub). With HF_HUB_OFFLINE=1, with `local_files_only`, or
+when the Hub cannot be reached, the cache alone answers. huggingface_hub reads these variables
+when it is imported: set them before, or pass `cache_dir` and `local_files_only`.
 """
 
 import os
+from collections.abc import Callable
 
 import huggingface_hub
 from huggingface_hub import constants
@@ -26,23 +29,32 @@ from huggingface_hub.utils import (
 
 from diffusion_jax.pretrained import diffusers_unet
 
+# A converter's choice of files: (exists(relative path), model name for errors) -> the relative
+# paths it reads, its config first.
+FileChoice = Callable[[Callable[[str], bool], str], tuple[str, ...]]
+# Where a model's config may lie: in a model repo, or a pipeline's U-Net or autoencoder.
+_CONFIGS = ("config.json", "unet/config.json", "vae/config.json")
+
 
 def model_folder(
   repo_id: str,
   revision: str | None = None,
   cache_dir: str | None = None,
   local_files_only: bool = False,
+  files: FileChoice = diffusers_unet.choose_files,
 ) -> str:
-  """The local folder of a diffusers model on the Hub, for `diffusers_unet.load_diffusers_unet`.
+  """The local folder of a diffusers model on the Hub, for `diffusers_unet.load_diffusers_unet`
+  (or, with files=diffusers_autoencoder.choose_files, `load_diffusers_autoencoder`).
 
   Args:
     repo_id: the model's Hub name, e.g. "google/ddpm-cifar10-32" (a model or a pipeline repo).
     revision: a branch, tag or commit hash (default: main).
     cache_dir: the Hub cache (default: huggingface_hub's, from HF_HUB_CACHE or HF_HOME).
     local_files_only: look in the cache only, as HF_HUB_OFFLINE=1 does.
+    files: the converter's `choose_files`, which picks the files to fetch.
 
   Returns:
-    The cache's snapshot folder holding the U-Net config, its weights and the scheduler config.
+    The cache's snapshot folder holding the files the converter reads.
 
   Raises:
     ValueError: in one line: a malformed name, no such repo or revision, a repo without those
@@ -56,7 +68,7 @@ def model_folder(
     ) from None
   if constants.HF_HUB_OFFLINE or local_files_only:
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "local_files_only is set"
-    return _cached_folder(repo_id, revision, cache_dir, why)
+    return _cached_folder(repo_id, revision, cache_dir, why, files)
   name = _name(repo_id, revision)
   try:
     # model_info lists the files in one request; list_repo_files would retry a dead network for
@@ -70,18 +82,21 @@ def model_folder(
       "(private and gated models need a token in HF_TOKEN)"
     ) from None
   except Exception as e:  # no route, a timeout, the Hub down: whichever, the cache may answer
-    return _cached_folder(repo_id, revision, cache_dir, f"asking the Hub failed ({_one_line(e)})")
+    why = f"asking the Hub failed ({_one_line(e)})"
+    return _cached_folder(repo_id, revision, cache_dir, why, files)
   listing = {sibling.rfilename for sibling in info.siblings or ()}
-  files = diffusers_unet.choose_files(listing.__contains__, f"{name} on the Hugging Face Hub")
+  chosen = files(listing.__contains__, f"{name} on the Hugging Face Hub")
   try:
     return huggingface_hub.snapshot_download(
-      repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(files)
+      repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(chosen)
     )
   except Exception as e:
-    raise ValueError(f"downloading {', '.join(files)} of {name} failed: {_one_line(e)}") from None
+    raise ValueError(f"downloading {', '.join(chosen)} of {name} failed: {_one_line(e)}") from None
 
 
-def _cached_folder(repo_id: str, revision: str | None, cache_dir: str | None, why: str) -> str:
+def _cached_folder(
+  repo_id: str, revision: str | None, cache_dir: str | None, why: str, files: FileChoice
+) -> str:
   """The cache's snapshot folder of repo_id with every file the converter reads, else ValueError."""
 
   def cached(path: str) -> str | None:
@@ -97,9 +112,9 @@ def _cached_folder(repo_id: str, revision: str | None, cache_dir: str | None, wh
     "run once with network access to download it, or convert a downloaded folder (--model_dir)"
   )
   try:
-    config, _, _ = diffusers_unet.choose_files(lambda p: cached(p) is not None, "the cached copy")
+    config = files(lambda p: cached(p) is not None, "the cached copy")[0]
   except ValueError as e:
-    if cached("config.json") is None and cached("unet/config.json") is None:
+    if all(cached(path) is None for path in _CONFIGS):
       raise ValueError(f"{name} is not cached ({cache}) and {why}; {advice}") from None
     raise ValueError(f"{name} is only partly cached ({cache}): {e}; {why}; {advice}") from None
   folder = cached(config)

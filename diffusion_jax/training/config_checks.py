@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import losses, models, parametrization, samplers, schedules
+from diffusion_jax import latents, losses, models, parametrization, samplers, schedules
 from diffusion_jax.data import factory
 from diffusion_jax.metrics import feature_nets
 from diffusion_jax.samplers import ancestral, timesteps
@@ -108,6 +108,9 @@ FIELD_CHECKS: dict[str, Check] = {
   "model.dtype": _choice(models.COMPUTE_DTYPES),
   "model.remat": _boolean,
   "model.num_classes": _NON_NEGATIVE,
+  "model.latent_channels": _POSITIVE,
+  "model.mid_attention": _boolean,
+  "model.latent_scale": _number(0.0, math.inf),
   "diffusion.schedule": _choice(schedules.SCHEDULES),
   "diffusion.num_timesteps": _POSITIVE,
   "diffusion.beta_start": _number(0.0, 1.0, lo_open=True, hi_open=True),
@@ -126,6 +129,8 @@ FIELD_CHECKS: dict[str, Check] = {
   "training.min_snr_gamma": _number(0.0, math.inf, lo_open=True),
   "training.vlb_weight": _number(0.0, math.inf),
   "training.label_dropout": _PROBABILITY,
+  "training.reconstruction_loss": _choice(latents.RECONSTRUCTION_LOSSES),
+  "training.kl_weight": _number(0.0, math.inf),
   "optim.learning_rate": _number(0.0, math.inf),
   "optim.warmup_steps": _NON_NEGATIVE,
   "optim.decay_steps": _NON_NEGATIVE,

@@ -1,11 +1,11 @@
 """A run made from given parameters (released weights): a workdir that sample.py, evaluate.py and a
-resumed train.py open like one train.py wrote."""
+resumed train.py open like one train.py wrote, or, for an autoencoder (config.model.name
+autoencoder_kl), one that `autoencoder_run.load_autoencoder` opens."""
 
 import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from diffusion_jax import models
@@ -46,15 +46,14 @@ def write_run(
     if os.path.exists(config_path):
       os.remove(config_path)
     run_config.save_config(workdir, config)
+    network = (
+      models.create_autoencoder(config)
+      if config.model.name == "autoencoder_kl"
+      else models.create_model(config)
+    )
+    tx = train_state.make_optimizer(config.optim)
     # One jitted program builds the state (optimizer zeros, the EMA copy), not one per leaf.
-    state = jax.jit(
-      lambda p: train_state.TrainState.create(
-        apply_fn=models.create_model(config).apply,
-        params=p,
-        tx=train_state.make_optimizer(config.optim),
-        ema_params=jax.tree.map(jnp.copy, p),
-      )
-    )(params)
+    state = jax.jit(lambda p: train_state.state_from_params(network, p, tx))(params)
     ckpt = checkpoints.Checkpointer(workdir)
     try:
       ckpt.save(step, state.replace(step=step), wait=True)

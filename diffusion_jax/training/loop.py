@@ -1,4 +1,5 @@
-"""train_and_evaluate: the training loop with checkpoints, metrics, previews and preemption."""
+"""train_and_evaluate: the diffusion training loop with checkpoints, metrics, previews and
+preemption; its loop, `run_training`, serves any train state and step (the autoencoder's too)."""
 
 import dataclasses
 import itertools
@@ -96,11 +97,11 @@ def _check_finite(losses: np.ndarray, first_step: int, ckpt: checkpoints.Checkpo
       )
 
 
-def _take_workdir_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
-  """The first process locks the workdir; every process fails alike if it is taken."""
+def _take_workdir_lock(workdir: str, script: str) -> workdir_lock.WorkdirLock | None:
+  """The first process locks the workdir for `script`; every process fails alike if it is taken."""
   lock, error = None, ""
   if jax.process_index() == 0:
-    lock = workdir_lock.WorkdirLock(workdir, "train.py")
+    lock = workdir_lock.WorkdirLock(workdir, script)
     try:
       lock.acquire()
     except ValueError as e:
@@ -114,14 +115,12 @@ def _take_workdir_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
   return lock
 
 
-def _restore_or_init(config, model, example_shape, mesh, ckpt, init_key) -> train_state.TrainState:
-  """The newest readable checkpoint's state, or a fresh one; damaged checkpoints are set aside."""
+def _restore_or_init(make_state, mesh, ckpt, init_key) -> train_state.TrainState:
+  """The newest readable checkpoint's state, or make_state(init_key); damaged checkpoints are set
+  aside."""
   if ckpt.latest_step() is None:
-    return jax.jit(
-      lambda k: train_state.create_train_state(config, model, example_shape, k),
-      out_shardings=sharding.replicated(mesh),
-    )(init_key)
-  abstract = train_state.abstract_train_state(config, model, example_shape, mesh)
+    return jax.jit(make_state, out_shardings=sharding.replicated(mesh))(init_key)
+  abstract = train_state.abstract_state(make_state, mesh)
   state, unreadable = ckpt.restore_newest_readable(abstract)
   for bad in unreadable:
     # Saving that step again later would collide with it; keep it, out of the way.
@@ -151,11 +150,25 @@ def train_and_evaluate(
   """
   if model is not None:
     config = models.record_model(config, model)
+  train = lambda config: _train(
+    config, workdir, model if model is not None else models.create_model(config)
+  )
+  return train_in_workdir(config, workdir, "train.py", train)
+
+
+def train_in_workdir(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  script: str,
+  train: Callable[[ml_collections.ConfigDict], train_state.TrainState],
+) -> train_state.TrainState:
+  """Checks config, makes its file paths absolute and runs train(config) with the workdir locked
+  for `script` (one writer per workdir, see `workdir_lock`)."""
   config_checks.check_config(config)
   config = _with_absolute_paths(config)
-  lock = _take_workdir_lock(workdir)
+  lock = _take_workdir_lock(workdir, script)
   try:
-    return _train(config, workdir, model if model is not None else models.create_model(config))
+    return train(config)
   finally:
     if lock:
       lock.release()
@@ -170,9 +183,27 @@ def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
+# Writes a preview of the state at a step (previews/, the metric log); called on every process.
+Preview = Callable[[metric_writer.MetricWriter, train_state.TrainState, int], None]
+
+
 @dataclasses.dataclass
 class _Run:
   """What every step of a training run works with, besides the state."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  ckpt: checkpoints.Checkpointer
+  writer: metric_writer.MetricWriter
+  train_steps: Callable  # `step.jit_steps`'s program
+  train_key: jax.Array
+  preview: Preview | None
+  quick_eval: Callable | None
+
+
+@dataclasses.dataclass
+class _SamplePreviews:
+  """What the diffusion run's previews are drawn with."""
 
   config: ml_collections.ConfigDict
   workdir: str
@@ -180,11 +211,7 @@ class _Run:
   sched: schedules.Schedule
   ds: data.Dataset
   mesh: jax.sharding.Mesh
-  ckpt: checkpoints.Checkpointer
-  writer: metric_writer.MetricWriter
-  quick_eval: Callable | None
-  train_key: jax.Array
-  preview_key: jax.Array
+  key: jax.Array
 
 
 def _train(
@@ -208,26 +235,68 @@ def _train(
       f"model.num_classes={ds.num_classes}"
     )
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
-  quick_eval = _make_quick_eval(config, model, sched, ds, mesh, eval_key)
+  previews = _SamplePreviews(config, workdir, model, sched, ds, mesh, preview_key)
+  return run_training(
+    config,
+    workdir,
+    ds,
+    mesh,
+    make_state=lambda k: train_state.create_train_state(config, model, ds.example_shape, k),
+    train_steps=make_train_steps(config, model, sched, mesh),
+    init_key=init_key,
+    train_key=train_key,
+    preview=lambda writer, state, step: _write_preview(previews, writer, state, step),
+    quick_eval=_make_quick_eval(config, model, sched, ds, mesh, eval_key),
+    labeled=num_classes > 0,
+  )
 
-  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=training.keep_checkpoints)
+
+def run_training(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  ds: data.Dataset,
+  mesh: jax.sharding.Mesh,
+  *,
+  make_state: Callable[[jax.Array], train_state.TrainState],
+  train_steps: Callable,
+  init_key: jax.Array,
+  train_key: jax.Array,
+  preview: Preview | None = None,
+  quick_eval: Callable | None = None,
+  labeled: bool = False,
+) -> train_state.TrainState:
+  """The loop every trainer shares, from the newest readable checkpoint (or a fresh state) to
+  training.num_train_steps: config.json recorded, metrics logged, previews, quick evaluations,
+  checkpoints, a stop on SIGTERM or Ctrl-C that saves first, and non-finite losses refused.
+
+  Args:
+    config: the run's config (training.* sets the periods); recorded as the run's config.json.
+    workdir: the run's directory, locked by the caller (`train_in_workdir`).
+    ds: the training data; batch b of the run is ds.iterate's b-th, so a resumed run repeats it.
+    mesh: the devices.
+    make_state: a fresh train state from a key.
+    train_steps: `step.jit_steps`'s program of the run's step, whose metrics include `loss`.
+    init_key: make_state's key; train_key: the steps' key.
+    preview: writes a preview every training.sample_every steps (when that is > 0).
+    quick_eval: params -> {name: value}, logged every eval.every_steps steps.
+    labeled: the batches are (images, labels), and the run records the class names.
+  """
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.training.keep_checkpoints)
   writer = None
   try:
-    state = _restore_or_init(config, model, ds.example_shape, mesh, ckpt, init_key)
+    state = _restore_or_init(make_state, mesh, ckpt, init_key)
     start = int(state.step)
-    batches = ds.iterate(start, labeled=num_classes > 0)
+    batches = ds.iterate(start, labeled=labeled)
     first_batch = next(batches)  # reads (and so checks) data before the run is recorded
     is_main = jax.process_index() == 0
     if is_main:
       # A resumed run may change how it trains, but not what it models.
       run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
-      if num_classes:
+      if labeled:
         run_config.save_class_names(workdir, ds.class_names)
     resume_step = start if start else None
     writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
-    run = _Run(
-      config, workdir, model, sched, ds, mesh, ckpt, writer, quick_eval, train_key, preview_key
-    )
+    run = _Run(config, mesh, ckpt, writer, train_steps, train_key, preview, quick_eval)
     return _run_steps(run, state, itertools.chain([first_batch], batches))
   finally:
     ckpt.wait()
@@ -247,9 +316,6 @@ def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state
   """
   config, ckpt, writer = run.config, run.ckpt, run.writer
   training = config.training
-  # Even one step per call goes through the scan: XLA may round a scan's body differently from a
-  # lone step, and this way steps_per_call changes the speed, never the result.
-  train_steps = make_train_steps(config, run.model, run.sched, run.mesh)
   stacked_sharding = sharding.frames_sharding(run.mesh)
   step = int(state.step)
   num_steps, per_call = training.num_train_steps, training.steps_per_call
@@ -271,14 +337,20 @@ def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state
         jax.make_array_from_process_local_data(stacked_sharding, np.stack(part)) for part in parts
       ]
       x0, *labels = stacked
-      state, call_metrics = train_steps(state, x0, run.train_key, *labels)
+      # Even one step per call goes through jit_steps's program: XLA may round a scan's body
+      # differently from a lone step, and this way steps_per_call changes the speed, never the
+      # result.
+      state, call_metrics = run.train_steps(state, x0, run.train_key, *labels)
       step, calls = step + count, calls + 1
       pending.append(call_metrics)
       if throttle and len(pending) > 1:
         jax.block_until_ready(pending[-2])
       bar.update(count)
-      if training.sample_every and (step % training.sample_every == 0 or step == num_steps):
-        _write_preview(run, state, step)
+      preview_due = training.sample_every and (
+        step % training.sample_every == 0 or step == num_steps
+      )
+      if run.preview and preview_due:
+        run.preview(writer, state, step)
       if run.quick_eval and step % config.eval.every_steps == 0:
         writer.write_scalars(step, run.quick_eval(state.ema_params))
       # Decided once, after all of this call's work, so a stop request at any point is saved.
@@ -347,25 +419,30 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
   return quick_eval
 
 
-def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
+def _write_preview(
+  previews: _SamplePreviews,
+  writer: metric_writer.MetricWriter,
+  state: train_state.TrainState,
+  step: int,
+) -> None:
   """Samples from the EMA params and writes samples/step_<N>.png (a grid, or a 2D scatter); a
   conditional model draws the classes in turn, one class per grid column, guided by
   sampling.guidance."""
-  config = run.config
-  num_classes = models.num_classes_of(run.model)
+  config = previews.config
+  num_classes = models.num_classes_of(previews.model)
   labels = None
   if num_classes:
     labels = np.arange(config.training.num_sample_images) % num_classes
   samples, _ = generation.generate(
-    run.model,
+    previews.model,
     models.parametrization_of(config.model),
     state.ema_params,
-    run.sched,
-    run.ds.example_shape,
+    previews.sched,
+    previews.ds.example_shape,
     config.training.num_sample_images,
     config.sampling.batch_size,
-    run.preview_key,
-    run.mesh,
+    previews.key,
+    previews.mesh,
     samplers.spec_from_config(config.sampling),
     progress=False,
     labels=labels,
@@ -373,10 +450,10 @@ def _write_preview(run: _Run, state: train_state.TrainState, step: int) -> None:
   )
   if jax.process_index() != 0:
     return
-  path = os.path.join(run.workdir, "previews", f"step_{step:07d}.png")
+  path = os.path.join(previews.workdir, "previews", f"step_{step:07d}.png")
   reference = None
-  if not run.ds.is_image:  # over the first points of all the data, not of this process's share
+  if not previews.ds.is_image:  # over the first points of all the data, not of this process's share
     whole = data.create_dataset(config.data, 1, config.seed, process_index=0, process_count=1)
     reference = whole.data_samples(min(2000, whole.num_examples))
   picture = images.save_preview(path, samples, reference, ncols=num_classes or None)
-  run.writer.write_images(step, {"samples": picture})
+  writer.write_images(step, {"samples": picture})

@@ -1,6 +1,7 @@
 """The train state (parameters, their EMA, Adam's moments) and how it is made: from a config, or
 from any Flax module and optax optimizer."""
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -55,7 +56,11 @@ def init_train_state(
   """Initialises params (and an EMA copy of them) for inputs of example_shape, with optimizer tx."""
   x = jnp.zeros((1, *example_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
-  params = models.init(model, key, x, t)
+  return state_from_params(model, models.init(model, key, x, t), tx)
+
+
+def state_from_params(model: nn.Module, params, tx: optax.GradientTransformation) -> TrainState:
+  """A train state at step 0 holding `params`, an EMA copy of them and tx's fresh state."""
   return TrainState.create(
     apply_fn=model.apply,
     params=params,
@@ -79,8 +84,11 @@ def ema_update(ema_params, params, decay: float):
 
 def abstract_train_state(config, model, example_shape, mesh):
   """The train state's shapes, dtypes and (replicated) shardings, without allocating it."""
-  shapes = jax.eval_shape(
-    lambda k: create_train_state(config, model, example_shape, k), jax.random.key(0)
-  )
+  return abstract_state(lambda k: create_train_state(config, model, example_shape, k), mesh)
+
+
+def abstract_state(make_state: Callable[[jax.Array], TrainState], mesh) -> TrainState:
+  """The shapes, dtypes and replicated shardings of the state make_state(key) would build."""
+  shapes = jax.eval_shape(make_state, jax.random.key(0))
   replicated = sharding.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)

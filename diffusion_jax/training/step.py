@@ -1,5 +1,6 @@
 """One training step (DDPM Algorithm 1, with any parametrization and loss weighting) plus the EMA
-update, optionally accumulated over micro-batches, and several such steps in one jitted call."""
+update, optionally accumulated over micro-batches, and several steps of it, or of any step
+function (`jit_steps`), in one jitted call."""
 
 import functools
 from collections.abc import Callable
@@ -88,9 +89,8 @@ def train_step(
   step_key = jax.random.fold_in(key, state.step)
   flip_key, t_key, noise_key, dropout_key = jax.random.split(step_key, 4)
   batch = x0.shape[0]
-  if random_flip and x0.ndim == 4:
-    flip = jax.random.bernoulli(flip_key, 0.5, (batch,))
-    x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1, :], x0)
+  if random_flip:
+    x0 = flip_images(x0, flip_key)
   t = jax.random.randint(t_key, (batch,), 0, sched.num_timesteps)
   noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
   if noise_sharding is not None:
@@ -156,41 +156,31 @@ def train_step(
     zeros = jax.eval_shape(micro_step, jax.tree.map(lambda a: a[0], micros))
     (loss, grads), _ = scan_or_unroll(accumulate, jax.tree.map(jnp.zeros_like, zeros), micros)
 
+  new_state, metrics = apply_update(state, grads, ema_decay, lr_schedule)
+  return new_state, {"loss": loss, **metrics}
+
+
+def flip_images(x0: jax.Array, key: jax.Array) -> jax.Array:
+  """Images [B, H, W, C] each flipped horizontally with probability 1/2; other data unchanged."""
+  if x0.ndim != 4:
+    return x0
+  flip = jax.random.bernoulli(key, 0.5, (x0.shape[0],))
+  return jnp.where(flip[:, None, None, None], x0[:, :, ::-1, :], x0)
+
+
+def apply_update(
+  state: TrainState, grads, ema_decay: float, lr_schedule: optax.Schedule | None = None
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer's update with grads and the EMA's; metrics `grad_norm` and, with lr_schedule,
+  the step's `lr`."""
   new_state = state.apply_gradients(grads=grads)
   new_state = new_state.replace(
     ema_params=ema_update(state.ema_params, new_state.params, ema_decay)
   )
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  metrics = {"grad_norm": optax.tree.norm(grads)}
   if lr_schedule is not None:
     metrics["lr"] = lr_schedule(state.step)
   return new_state, metrics
-
-
-def train_steps(
-  state: TrainState,
-  x0_NxB: jax.Array,
-  key: jax.Array,
-  labels_NxB: jax.Array | None = None,
-  **step_kwargs,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-  """N consecutive `train_step`s in one `lax.scan`, each drawing from fold_in(key, its step).
-
-  Args:
-    state: the replicated train state.
-    x0_NxB: [N, B, ...] the batches of the N steps, each split over devices.
-    key: the run's training key.
-    labels_NxB: int [N, B] their class labels for a class-conditional model; None otherwise.
-    **step_kwargs: `train_step`'s keyword arguments.
-
-  Returns:
-    (the state after N steps, metrics) with each of `train_step`'s metrics stacked to [N].
-  """
-
-  def body(s, batch):
-    x0, *labels = batch
-    return train_step(s, x0, key, *labels, **step_kwargs)
-
-  return jax.lax.scan(body, state, (x0_NxB,) if labels_NxB is None else (x0_NxB, labels_NxB))
 
 
 def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
@@ -211,12 +201,12 @@ def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Sch
   )
 
 
-def _jit_for_mesh(steps, model: nn.Module, mesh, batch_sharding):
+def _jit_for_mesh(steps, labeled: bool, mesh, batch_sharding):
   """jit with the state replicated and donated, the key replicated, the images and any labels (a
   class-conditional model's, the fourth argument) split as batch_sharding says."""
   replicated = sharding.replicated(mesh)
   in_shardings = (replicated, batch_sharding, replicated)
-  if models.num_classes_of(model):
+  if labeled:
     in_shardings += (batch_sharding,)
   return jax.jit(
     steps, in_shardings=in_shardings, out_shardings=(replicated, replicated), donate_argnums=0
@@ -227,20 +217,33 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
   """jit(train_step) for this config, called step(state, x0 [B, ...], key[, labels [B]]) with
   the batch split over 'data' (labels for a class-conditional model: models.num_classes_of > 0)."""
   step = functools.partial(train_step, **_step_kwargs(config, model, sched, mesh))
-  return _jit_for_mesh(step, model, mesh, sharding.batch_sharding(mesh))
+  return _jit_for_mesh(step, models.num_classes_of(model) > 0, mesh, sharding.batch_sharding(mesh))
 
 
 def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """jit(train_steps) for this config, called steps(state, x0 [N, B, ...], key[, labels [N, B]])
-  with the batches split over 'data' along B. Each N compiles once.
+  """`jit_steps` of this config's train_step: steps(state, x0 [N, B, ...], key[, labels [N, B]])."""
+  step = functools.partial(train_step, **_step_kwargs(config, model, sched, mesh))
+  return jit_steps(step, mesh, labeled=models.num_classes_of(model) > 0)
 
-  On the CPU it runs the N steps as N calls of `make_train_step`'s program instead: XLA's CPU
-  backend runs convolutions inside a loop far slower than outside one (25x for the digits U-Net),
-  and an unrolled program rounds differently from a lone step, which would break exact resume.
-  The CPU loses nothing by it, as it is not kept waiting on Python between steps.
+
+def jit_steps(step: Callable, mesh, *, labeled: bool = False) -> Callable:
+  """N consecutive steps of any step(state, x0 [B, ...], key[, labels [B]]) -> (state, metrics)
+  as one jitted program: steps(state, x0 [N, B, ...], key[, labels [N, B]]) -> (the state after
+  N steps, each metric stacked to [N]), the state replicated and donated, the batches split over
+  'data' along B. Each step draws from fold_in(key, its step), so N changes the speed only.
+
+  The N steps run in one `lax.scan`, compiled once for each N. On the CPU they run instead as N
+  calls of the one-step program: XLA's CPU backend runs convolutions inside a loop far slower than
+  outside one (25x for the digits U-Net), and an unrolled program rounds differently from a lone
+  step, which would break exact resume. The CPU loses nothing by it, as it is not kept waiting on
+  Python between steps.
+
+  Args:
+    step: one step; labeled: whether it takes labels.
+    mesh: the devices.
   """
   if jax.default_backend() == "cpu":
-    one_step = make_train_step(config, model, sched, mesh)
+    one_step = _jit_for_mesh(step, labeled, mesh, sharding.batch_sharding(mesh))
 
     def step_by_step(state, x0_NxB, key, *labels_NxB):
       metrics = []
@@ -250,5 +253,17 @@ def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched:
       return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
     return step_by_step
-  steps = functools.partial(train_steps, **_step_kwargs(config, model, sched, mesh))
-  return _jit_for_mesh(steps, model, mesh, sharding.frames_sharding(mesh))
+
+  scanned = functools.partial(scan_steps, step)
+  return _jit_for_mesh(scanned, labeled, mesh, sharding.frames_sharding(mesh))
+
+
+def scan_steps(step: Callable, state, x0_NxB: jax.Array, key: jax.Array, *labels_NxB: jax.Array):
+  """N consecutive step(state, x0, key[, labels]) in one `lax.scan`: (the state after N steps,
+  each metric stacked to [N])."""
+
+  def body(s, batch):
+    x0, *labels = batch
+    return step(s, x0, key, *labels)
+
+  return jax.lax.scan(body, state, (x0_NxB, *labels_NxB))
