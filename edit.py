@@ -8,7 +8,8 @@ Commands:
                back of --jump_length steps. Input, the kept part and --variants results per row.
   interpolate  frames between two inputs: --method=stochastic (the DDPM paper's: both noised to
                --strength with shared noise, blended, denoised) or deterministic (DDIM/ODE latents,
-               slerp, decoded); writes a strip and a GIF.
+               slerp, decoded; a stochastic --sampler is replaced by DDIM, 50 steps unless
+               --steps); writes a strip and a GIF.
 
 Inputs are PNG/JPEG files of the run's size and channels (--images=a.png,b.png) or training
 examples (--data_index=3,10). On a class-conditional run, sdedit and inpaint take --label (and
@@ -23,7 +24,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from diffusion_jax import figures, images
+from diffusion_jax import figures, images, samplers
 from diffusion_jax.cli import edit_commands, logs, sample_outputs
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.evaluation import run_loading
@@ -95,8 +96,8 @@ def _edit(command: str, run) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     )
     titles = ["input", "kept"] + ["result"] * _VARIANTS.value
     return edit_commands.rows_picture(rows, titles), results, []
-  if _METHOD.value == "deterministic" and spec.name not in ("ddim", "ode_euler", "ode_heun"):
-    spec = spec.__class__("ddim", steps=spec.steps or 50)
+  if _METHOD.value == "deterministic" and spec.name not in samplers.ENCODERS:
+    spec = samplers.SamplerSpec("ddim", steps=spec.steps or 50)  # a sampler that can encode
   frames = edit_commands.interpolation_frames(
     run, x, spec, _METHOD.value, _FRAMES.value, _STRENGTH.value, _SEED.value
   )
