@@ -1,5 +1,5 @@
 """Latent diffusion: training on a frozen autoencoder's scaled latents, exact resume, the scale
-against NumPy and where it comes from, and the errors."""
+against NumPy and where it comes from, sample.py decoding to images, and the errors."""
 
 import os
 import shutil
@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import data, models
+from diffusion_jax import data, models, samplers
+from diffusion_jax.cli import sample_outputs
 from diffusion_jax.configs import digits_autoencoder
+from diffusion_jax.evaluation import run_loading
 from diffusion_jax.training import imported_run, latent_space, run_config
 from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
@@ -43,7 +45,7 @@ def _latent_config(autoencoder_dir: str, num_train_steps: int = 2):
   return config
 
 
-def test_latent_run_resumes_exactly(tmp_path, autoencoder_dir):
+def test_latent_run_resumes_exactly_and_samples_decoded_images(tmp_path, autoencoder_dir):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   state = train_loop.train_and_evaluate(_latent_config(autoencoder_dir), straight)
   # The U-Net sees 2-channel latents.
@@ -56,6 +58,15 @@ def test_latent_run_resumes_exactly(tmp_path, autoencoder_dir):
   same = jax.tree.map(np.array_equal, jax.device_get(again.params), jax.device_get(state.params))
   assert all(jax.tree.leaves(same))
   assert run_config.load_config(resumed).data.latent_scale == scale
+
+  # What sample.py does with the run: samples.npz holds decoded 8x8 images.
+  run = run_loading.load_run(straight)
+  assert run.example_shape == (4, 4, 2)
+  spec = samplers.spec_from_config(run.config.sampling)
+  paths, _ = sample_outputs.sample_and_save(run, str(tmp_path / "out"), 8, 8, 0, spec, gif=False)
+  with np.load(paths[0]) as f:
+    samples = f["arr_0"]
+  assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
 
 
 def test_scale_is_one_over_the_numpy_std_of_posterior_means(autoencoder_dir):
