@@ -11,7 +11,7 @@ import pytest
 
 from diffusion_jax import data, models, samplers
 from diffusion_jax.cli import sample_outputs
-from diffusion_jax.configs import digits_autoencoder
+from diffusion_jax.configs import digits_autoencoder, digits_latent
 from diffusion_jax.evaluation import run_loading
 from diffusion_jax.training import imported_run, latent_space, run_config
 from diffusion_jax.training import loop as train_loop
@@ -112,3 +112,16 @@ def test_a_missing_autoencoder_run_is_refused(tmp_path):
   config = _latent_config(str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="holds no autoencoder run \\(no config.json\\)"):
     train_loop.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_the_digits_latent_config_builds_its_unet_on_the_autoencoders_latents():
+  ae_config = digits_autoencoder.get_config()
+  vae = models.create_autoencoder(ae_config)
+  size = ae_config.data.image_size // vae.factor
+  config = digits_latent.get_config()
+  assert config.data.image_size == ae_config.data.image_size
+  model = models.create_model(config)
+  x = jax.ShapeDtypeStruct((2, size, size, vae.latent_channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((2,), jnp.int32)
+  variables = jax.eval_shape(lambda x, t: model.init(jax.random.key(0), x, t), x, t)
+  assert jax.eval_shape(lambda v, x, t: model.apply(v, x, t), variables, x, t).shape == x.shape
