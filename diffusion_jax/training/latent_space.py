@@ -8,6 +8,7 @@ the posterior's std is far below the latents' spread, and the mean keeps each ba
 """
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -30,17 +31,14 @@ class LatentSpace:
   scale: float
 
   def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    """scale * the posterior mean of q(z|x), [B, H/f, W/f, c]; traceable."""
-    return self.scale * _mean(self.vae, self.params, x_BxHxWxC)
-
-  def decode(self, z_Bxhxwxc: jax.Array) -> jax.Array:
-    """Images D(z / scale), [B, h f, w f, C]; traceable."""
-    return _decode(self.vae, self.params, z_Bxhxwxc / self.scale)
+    """scale * the posterior mean of q(z|x), [B, H/f, W/f, c]; traceable. A jitted caller holds
+    the params as constants of its program."""
+    return self.scale * posterior_mean(self.vae, self.params, x_BxHxWxC)
 
   def decode_batches(self, z_Nxhxwxc: np.ndarray, batch_size: int) -> np.ndarray:
-    """decode on the host's latents, batch_size at a time; float32 images [N, H, W, C]."""
+    """Images D(z / scale) of the host's latents, batch_size at a time; float32 [N, H, W, C]."""
     chunks = range(0, len(z_Nxhxwxc), batch_size)
-    decode = lambda z: np.asarray(_jit_decode(self.vae, self.params, z / self.scale))
+    decode = lambda z: np.asarray(decoded(self.vae, self.params, z / self.scale))
     return np.concatenate([decode(z_Nxhxwxc[i : i + batch_size]) for i in chunks])
 
   def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -49,19 +47,17 @@ class LatentSpace:
     return (image_shape[0] // f, image_shape[1] // f, self.vae.latent_channels)
 
 
-def _mean(vae: models.AutoencoderKL, params: dict, x: jax.Array) -> jax.Array:
-  mean, _ = vae.apply({"params": params}, x, method="encode")
+@functools.partial(jax.jit, static_argnums=0)
+def posterior_mean(vae: models.AutoencoderKL, params: dict, x_BxHxWxC: jax.Array) -> jax.Array:
+  """The mean of q(z|x), [B, H/f, W/f, c]."""
+  mean, _ = vae.apply({"params": params}, x_BxHxWxC, method="encode")
   return mean
 
 
-def _decode(vae: models.AutoencoderKL, params: dict, z: jax.Array) -> jax.Array:
-  return vae.apply({"params": params}, z, method="decode")
-
-
-# Jitted with the params as arguments, not constants baked into the program.
-posterior_mean = jax.jit(_mean, static_argnums=0)
-posterior_mean.__doc__ = """posterior_mean(vae, params, x [B, H, W, C]): the mean of q(z|x)."""
-_jit_decode = jax.jit(_decode, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
+def decoded(vae: models.AutoencoderKL, params: dict, z_Bxhxwxc: jax.Array) -> jax.Array:
+  """The decoder's images D(z), [B, h f, w f, C]."""
+  return vae.apply({"params": params}, z_Bxhxwxc, method="decode")
 
 
 def frozen_autoencoder(
