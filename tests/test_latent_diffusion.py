@@ -1,6 +1,7 @@
 """Latent diffusion: training on a frozen autoencoder's scaled latents, exact resume, the scale
 against NumPy and where it comes from, sample.py decoding to images, and the errors."""
 
+import importlib
 import os
 import shutil
 
@@ -11,9 +12,9 @@ import pytest
 
 from diffusion_jax import data, models, samplers
 from diffusion_jax.cli import sample_outputs
-from diffusion_jax.configs import digits_autoencoder, digits_latent
+from diffusion_jax.configs import digits_autoencoder
 from diffusion_jax.evaluation import run_loading
-from diffusion_jax.training import imported_run, latent_space, run_config
+from diffusion_jax.training import config_checks, imported_run, latent_space, run_config
 from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
 
@@ -114,12 +115,19 @@ def test_a_missing_autoencoder_run_is_refused(tmp_path):
     train_loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_the_digits_latent_config_builds_its_unet_on_the_autoencoders_latents():
-  ae_config = digits_autoencoder.get_config()
+@pytest.mark.parametrize(
+  "autoencoder, latent",
+  [("digits_autoencoder", "digits_latent"), ("celeba64_autoencoder", "celeba64_latent")],
+)
+def test_latent_configs_build_their_unet_on_their_autoencoders_latents(autoencoder, latent):
+  ae_config = importlib.import_module(f"configs.{autoencoder}").get_config()
   vae = models.create_autoencoder(ae_config)
   size = ae_config.data.image_size // vae.factor
-  config = digits_latent.get_config()
+  config = importlib.import_module(f"configs.{latent}").get_config()
   assert config.data.image_size == ae_config.data.image_size
+  assert config.data.autoencoder_run == f"runs/{autoencoder}"
+  config_checks.check_config(ae_config)
+  config_checks.check_config(config)
   model = models.create_model(config)
   x = jax.ShapeDtypeStruct((2, size, size, vae.latent_channels), jnp.float32)
   t = jax.ShapeDtypeStruct((2,), jnp.int32)
