@@ -56,6 +56,7 @@ def main(argv):
     if _SPLIT.value not in ("train", "test"):
       raise ValueError(f"unknown --split {_SPLIT.value!r}; choose train or test")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
+    run_loading.check_image_space(run, "analyze.py")
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "analysis", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )

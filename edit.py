@@ -113,6 +113,7 @@ def main(argv):
       raise ValueError(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
     command = argv[1]
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
+    run_loading.check_image_space(run, "edit.py")
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "edits", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )

@@ -29,6 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
   # class labels (read when model.num_classes > 0): tfds's ClassLabel feature of this name; a
   # folder's sub-folders; an .npz's `labels`; the digit; the moon or mixture component of a toy
   data.label_feature = "label"
+  # latent diffusion: the workdir of an autoencoder run (train.py on an autoencoder_kl config, or
+  # convert_diffusers.py --autoencoder); the model then trains on its scaled latents
+  data.autoencoder_run = ""
+  # what the latents are multiplied by; 0: the autoencoder's model.latent_scale if it has one,
+  # else 1/std of the latents of the run's first batches, recorded here when the run starts
+  data.latent_scale = 0.0
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # unet | mlp | "package.module:ClassName" (any Flax module; README)

@@ -85,7 +85,7 @@ def write_reverse_gif(
   if labels is not None:
     labels = np.pad(labels, (0, padded - num), mode="edge")
   _, trajectory = sample_fn(run.params, key, labels)
-  trajectory = sharding.to_host(trajectory)[:, :num]
+  trajectory = np.stack([run.to_images(frame) for frame in sharding.to_host(trajectory)[:, :num]])
   titles = [f"reverse t={t:.0f}" for t in progressive.frame_times(times, every)]
   if reference is None:
     pictures = [images.preview_picture(np.clip(f, -1, 1), ncols=ncols) for f in trajectory]
@@ -185,6 +185,7 @@ def sample_and_save(
     classifier=classifier,
     classifier_scale=classifier_scale,
   )
+  samples = run.to_images(samples)
   paths = [os.path.join(out_dir, name) for name in ("samples.npz", "samples.png")]
   if gif:
     paths.append(os.path.join(out_dir, "reverse.gif"))

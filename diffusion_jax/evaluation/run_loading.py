@@ -1,13 +1,15 @@
-"""Load a trained run (config, model, schedule, params) from a train.py workdir."""
+"""Load a trained run (config, model, schedule, params, and a latent run's autoencoder) from a
+train.py workdir."""
 
 import dataclasses
 
 import ml_collections
+import numpy as np
 from flax import linen as nn
 
 from diffusion_jax import data, models, parametrization, schedules, sharding
 from diffusion_jax.schedules import Schedule
-from diffusion_jax.training import checkpoints, config_checks, run_config
+from diffusion_jax.training import checkpoints, config_checks, latent_space, run_config
 from diffusion_jax.training import state as train_state
 
 
@@ -20,6 +22,13 @@ class LoadedRun:
   step: int
   example_shape: tuple[int, ...]
   class_names: tuple[str, ...] = ()  # a conditional run's classes (label k is class_names[k])
+  latents: latent_space.LatentSpace | None = None  # a latent diffusion run's autoencoder
+
+  def to_images(self, samples: np.ndarray) -> np.ndarray:
+    """The model's samples as images: decoded by a latent run's autoencoder, else as they are."""
+    if self.latents is None:
+      return samples
+    return self.latents.decode_batches(samples, self.config.sampling.batch_size)
 
   @property
   def num_classes(self) -> int:
@@ -47,13 +56,25 @@ def example_shape_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (size, size, config.data.num_channels)
 
 
+def check_image_space(run: LoadedRun, what: str) -> None:
+  """Refuses a latent diffusion run for `what`, which works on the model's space as images."""
+  if run.latents is not None:
+    raise ValueError(
+      f"{what} works on images in the model's own space; a latent diffusion run "
+      "(data.autoencoder_run) is not supported there yet"
+    )
+
+
 def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=None) -> LoadedRun:
   """Restores workdir's config and the chosen checkpoint (default latest); EMA params by default."""
   config = run_config.load_config(workdir)
   config_checks.check_config(config)
   model = models.create_model(config)
   mesh = mesh or sharding.data_mesh()
-  shape = example_shape_for(config)
+  shape, latents = example_shape_for(config), None
+  if config.data.autoencoder_run:
+    latents = latent_space.open_for_sampling(config, mesh)
+    shape = latents.latent_shape(shape)
   # Read-only: the run may be training right now, and its trainer owns the directory.
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
@@ -68,4 +89,5 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=N
     step=int(state.step),
     example_shape=shape,
     class_names=run_config.load_class_names(workdir),
+    latents=latents,
   )

@@ -129,7 +129,7 @@ def fill(
   )
   with bar:
     for i, x0, nfe in batches:
-      store.write(i, images.to_uint8(x0), nfe)
+      store.write(i, images.to_uint8(run.to_images(x0)), nfe)
       bar.update(batch_size)
   return num_shards
 

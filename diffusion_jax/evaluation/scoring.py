@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_jax import data, samplers, sharding
-from diffusion_jax.evaluation import bits_per_dim, sample_store
+from diffusion_jax.evaluation import bits_per_dim, run_loading, sample_store
 from diffusion_jax.evaluation.run_loading import LoadedRun
 from diffusion_jax.metrics import feature_nets, sample_quality, scores
 from diffusion_jax.samplers import generation
@@ -79,6 +79,7 @@ def evaluate_run(
   sample_quality.check_image_data(run.config, run.example_shape)
   bpd_split = bpd_split or data.default_split(run.config.data)
   if "bpd" in metrics:
+    run_loading.check_image_space(run, "bits/dim")
     data.split_config(run.config.data, bpd_split)  # a bad split fails before sampling
   mesh = sharding.data_mesh()
   batch_size = generation.device_batch_size(batch_size, num_samples, mesh)

@@ -8,6 +8,8 @@ a stats file (mu, sigma; e.g. the standard CIFAR-10 training-set file) or comput
 of the run's dataset and cached (see `reference_stats`).
 """
 
+from collections.abc import Callable
+
 import jax
 import ml_collections
 import numpy as np
@@ -94,8 +96,11 @@ def quick_scores(
   net: feature_nets.FeatureNet,
   ref: scores.ReferenceStats,
   class_names: tuple[str, ...] = (),
+  *,
+  to_images: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
-  """config.eval.num_samples samples from params, in memory, scored by config.eval.metrics.
+  """config.eval.num_samples samples from params, in memory, scored by config.eval.metrics;
+  to_images takes the samples to images first (latent diffusion's decoder).
 
   The sampler is config.sampling's, with config.eval.sampler / steps overriding it when set. A
   class-conditional model draws its classes in turn (named class_names) with guidance
@@ -123,6 +128,8 @@ def quick_scores(
     labels=labels,
     guidance_scale=config.sampling.guidance if num_classes else 0.0,
   )
+  if to_images is not None:
+    samples = to_images(samples)
   features, logits = feature_nets.compute_features(
     net, _batches(images.to_uint8(samples), config.sampling.batch_size), mesh=mesh
   )

@@ -69,9 +69,11 @@ def _import_module_class(name: str) -> type[nn.Module]:
 
 def _unet_fields(config: ml_collections.ConfigDict) -> dict:
   """The U-Net fields of config.model, which the U-Net and the noisy classifier share, checked
-  against config.data.image_size."""
+  against config.data.image_size (a latent diffusion run's U-Net checks its latents' size when
+  called)."""
   m = config.model
-  check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
+  if not config.data.autoencoder_run:
+    check_unet_config(config.data.image_size, m.ch, m.ch_mult, m.num_groups, m.attn_resolutions)
   return dict(
     ch=m.ch,
     ch_mult=tuple(m.ch_mult),

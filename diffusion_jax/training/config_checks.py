@@ -92,6 +92,8 @@ FIELD_CHECKS: dict[str, Check] = {
   "data.random_flip": _boolean,
   "data.num_points": _POSITIVE,
   "data.label_feature": _string,
+  "data.autoencoder_run": _string,
+  "data.latent_scale": _number(0.0, math.inf),
   "model.name": _string,
   "model.kwargs": lambda value: None,  # a custom module's own arguments, checked by its class
   "model.prediction": _choice(parametrization.PREDICTIONS),

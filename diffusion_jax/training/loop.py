@@ -23,6 +23,7 @@ from diffusion_jax.samplers import generation
 from diffusion_jax.training import (
   checkpoints,
   config_checks,
+  latent_space,
   metric_writer,
   run_config,
   workdir_lock,
@@ -177,7 +178,13 @@ def train_in_workdir(
 def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy whose file paths are absolute, so the recorded run opens from any directory."""
   config = config.copy_and_resolve_references()
-  for group, field in (("data", "path"), ("eval", "inception_weights"), ("eval", "ref_stats")):
+  paths = (
+    ("data", "path"),
+    ("data", "autoencoder_run"),
+    ("eval", "inception_weights"),
+    ("eval", "ref_stats"),
+  )
+  for group, field in paths:
     if config[group][field]:
       config[group][field] = os.path.abspath(os.path.expanduser(config[group][field]))
   return config
@@ -210,6 +217,8 @@ class _SamplePreviews:
   model: nn.Module
   sched: schedules.Schedule
   ds: data.Dataset
+  example_shape: tuple[int, ...]  # what the model draws: the data's, or its latents'
+  to_images: Callable[[np.ndarray], np.ndarray]  # the drawn samples as data
   mesh: jax.sharding.Mesh
   key: jax.Array
 
@@ -234,19 +243,24 @@ def _train(
       f"the data has {ds.num_classes} classes but model.num_classes is {num_classes}; set "
       f"model.num_classes={ds.num_classes}"
     )
+  shape, encode, to_images = ds.example_shape, None, lambda x: x
+  if config.data.autoencoder_run:
+    space, config = latent_space.open_for_training(config, workdir, mesh)
+    shape, encode = space.latent_shape(ds.example_shape), space.encode
+    to_images = lambda z: space.decode_batches(z, config.sampling.batch_size)
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
-  previews = _SamplePreviews(config, workdir, model, sched, ds, mesh, preview_key)
+  previews = _SamplePreviews(config, workdir, model, sched, ds, shape, to_images, mesh, preview_key)
   return run_training(
     config,
     workdir,
     ds,
     mesh,
-    make_state=lambda k: train_state.create_train_state(config, model, ds.example_shape, k),
-    train_steps=make_train_steps(config, model, sched, mesh),
+    make_state=lambda k: train_state.create_train_state(config, model, shape, k),
+    train_steps=make_train_steps(config, model, sched, mesh, encode),
     init_key=init_key,
     train_key=train_key,
     preview=lambda writer, state, step: _write_preview(previews, writer, state, step),
-    quick_eval=_make_quick_eval(config, model, sched, ds, mesh, eval_key),
+    quick_eval=_make_quick_eval(config, model, sched, ds, shape, to_images, mesh, eval_key),
     labeled=num_classes > 0,
   )
 
@@ -386,8 +400,9 @@ def _run_steps(run: _Run, state: train_state.TrainState, batches) -> train_state
   return state
 
 
-def _make_quick_eval(config, model, sched, ds, mesh, key):
-  """fn(params) -> {"eval/fid": ..., ...} when config.eval.every_steps > 0, else None.
+def _make_quick_eval(config, model, sched, ds, example_shape, to_images, mesh, key):
+  """fn(params) -> {"eval/fid": ..., ...} when config.eval.every_steps > 0, else None; the model
+  draws example_shape, which to_images takes to the data's images (latent diffusion decodes).
 
   The feature network and reference statistics are set up here, so a missing weights file stops
   the run before training rather than at the first evaluation. Every evaluation uses the same
@@ -395,7 +410,7 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
   """
   if not config.eval.every_steps:
     return None
-  sample_quality.check_image_data(config, ds.example_shape)
+  sample_quality.check_image_data(config, example_shape)
   net = feature_nets.create_feature_net(
     config.eval.feature_net,
     inception_weights=config.eval.inception_weights,
@@ -412,7 +427,17 @@ def _make_quick_eval(config, model, sched, ds, mesh, key):
 
   def quick_eval(params):
     scores = sample_quality.quick_scores(
-      config, model, params, sched, ds.example_shape, key, mesh, net, ref, ds.class_names
+      config,
+      model,
+      params,
+      sched,
+      example_shape,
+      key,
+      mesh,
+      net,
+      ref,
+      ds.class_names,
+      to_images=to_images,
     )
     return {f"eval/{name}": value for name, value in scores.items()}
 
@@ -438,7 +463,7 @@ def _write_preview(
     models.parametrization_of(config.model),
     state.ema_params,
     previews.sched,
-    previews.ds.example_shape,
+    previews.example_shape,
     config.training.num_sample_images,
     config.sampling.batch_size,
     previews.key,
@@ -448,6 +473,7 @@ def _write_preview(
     labels=labels,
     guidance_scale=config.sampling.guidance if num_classes else 0.0,
   )
+  samples = previews.to_images(samples)
   if jax.process_index() != 0:
     return
   path = os.path.join(previews.workdir, "previews", f"step_{step:07d}.png")

@@ -220,10 +220,37 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, sched: 
   return _jit_for_mesh(step, models.num_classes_of(model) > 0, mesh, sharding.batch_sharding(mesh))
 
 
-def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module, sched: Schedule, mesh):
-  """`jit_steps` of this config's train_step: steps(state, x0 [N, B, ...], key[, labels [N, B]])."""
-  step = functools.partial(train_step, **_step_kwargs(config, model, sched, mesh))
+def make_train_steps(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  sched: Schedule,
+  mesh,
+  encode: Callable[[jax.Array], jax.Array] | None = None,
+):
+  """`jit_steps` of this config's train_step: steps(state, x0 [N, B, ...], key[, labels [N, B]]).
+
+  encode: latent diffusion's images -> latents; each step then trains on encode(x0), the images
+  flipped first when data.random_flip says so.
+  """
+  kwargs = _step_kwargs(config, model, sched, mesh)
+  if encode is None:
+    step = functools.partial(train_step, **kwargs)
+  else:
+    flip, kwargs["random_flip"] = kwargs["random_flip"], False
+    step = _on_latents(functools.partial(train_step, **kwargs), encode, flip)
   return jit_steps(step, mesh, labeled=models.num_classes_of(model) > 0)
+
+
+def _on_latents(step: Callable, encode: Callable[[jax.Array], jax.Array], random_flip: bool):
+  """step(state, encode(x0), key[, labels]), with x0's images flipped before encoding when
+  random_flip (flipping a latent is not flipping its image), from a key of their own."""
+
+  def latent_step(state, x0, key, *labels):
+    if random_flip:
+      x0 = flip_images(x0, jax.random.fold_in(jax.random.fold_in(key, state.step), 5))
+    return step(state, encode(x0), key, *labels)
+
+  return latent_step
 
 
 def jit_steps(step: Callable, mesh, *, labeled: bool = False) -> Callable:
