@@ -13,9 +13,13 @@ def quiet_library_logs() -> None:
   warnings about the files it inspects would bury the progress bar and the project's own messages.
   After a failed read of a damaged checkpoint, TensorStore's reads still in flight report to
   orbax's finished event loop; Python would print each as a traceback, though nothing is wrong.
+  Likewise asyncio's "Task exception was never retrieved" for orbax's reads that failed alongside
+  the one it reported (the scripts run no asyncio code of their own).
   """
 
   def keep(record: logging.LogRecord) -> bool:
+    if record.name == "asyncio" and record.getMessage().startswith("Task exception was never"):
+      return False
     if "orbax" in record.pathname:
       return record.levelno >= logging.ERROR
     return record.levelno >= logging.WARNING or record.name == "absl"
