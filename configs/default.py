@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   # what the latents are multiplied by; 0: the autoencoder's model.latent_scale if it has one,
   # else 1/std of the latents of the run's first batches, recorded here when the run starts
   data.latent_scale = 0.0
+  # latent diffusion: a folder where the training data's latents are encoded once and read back
+  # (training/latent_cache.py); "": encode every batch in the training step
+  data.latent_cache = ""
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # unet | mlp | "package.module:ClassName" (any Flax module; README)

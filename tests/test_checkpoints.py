@@ -238,6 +238,13 @@ def test_save_config_refuses_to_clobber_a_different_config(tmp_path):
     run_config.save_config(str(tmp_path), changed, mutable=("training",))
   run_config.save_config(str(tmp_path), changed, mutable=("optim",))
   assert run_config.load_config(str(tmp_path)).optim.learning_rate == 1e-4
+  # A mutable field leaves the rest of its group as fixed as ever.
+  changed.model.dropout = 0.2
+  run_config.save_config(str(tmp_path), changed, mutable=("model.dropout",))
+  assert run_config.load_config(str(tmp_path)).model.dropout == 0.2
+  changed.model.ch = 8
+  with pytest.raises(ValueError, match=r"changed: model\.ch\)"):
+    run_config.save_config(str(tmp_path), changed, mutable=("model.dropout",))
 
 
 def _save_steps(workdir, *steps):

@@ -1,7 +1,9 @@
 """Latent diffusion: training on a frozen autoencoder's scaled latents, exact resume, the scale
 against NumPy and where it comes from, sample.py decoding to images, and the errors."""
 
+import dataclasses
 import importlib
+import json
 import os
 import shutil
 
@@ -14,7 +16,13 @@ from diffusion_jax import data, models, samplers
 from diffusion_jax.cli import sample_outputs
 from diffusion_jax.configs import digits_autoencoder
 from diffusion_jax.evaluation import run_loading
-from diffusion_jax.training import config_checks, imported_run, latent_space, run_config
+from diffusion_jax.training import (
+  config_checks,
+  imported_run,
+  latent_cache,
+  latent_space,
+  run_config,
+)
 from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
 
@@ -46,7 +54,9 @@ def _latent_config(autoencoder_dir: str, num_train_steps: int = 2):
   return config
 
 
-def test_latent_run_resumes_exactly_and_samples_decoded_images(tmp_path, autoencoder_dir):
+def test_latent_run_resumes_exactly_trains_alike_on_a_cache_and_samples_images(
+  tmp_path, autoencoder_dir
+):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   state = train_loop.train_and_evaluate(_latent_config(autoencoder_dir), straight)
   # The U-Net sees 2-channel latents.
@@ -59,6 +69,24 @@ def test_latent_run_resumes_exactly_and_samples_decoded_images(tmp_path, autoenc
   same = jax.tree.map(np.array_equal, jax.device_get(again.params), jax.device_get(state.params))
   assert all(jax.tree.leaves(same))
   assert run_config.load_config(resumed).data.latent_scale == scale
+
+  # A run on cached latents: the same batches, encoded by another program, so equal to rounding.
+  config = _latent_config(autoencoder_dir)
+  config.data.latent_cache = str(tmp_path / "cache")
+  caching = train_loop.train_and_evaluate(config, str(tmp_path / "caching"))
+  assert os.path.isfile(tmp_path / "cache" / "latents_00000.npy")
+  close = lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-5)
+  same = jax.tree.map(close, jax.device_get(caching.params), jax.device_get(state.params))
+  assert all(jax.tree.leaves(same))
+  losses = [
+    [
+      json.loads(line)["loss"]
+      for line in open(os.path.join(run, "metrics.jsonl"))
+      if "loss" in line
+    ]
+    for run in (straight, str(tmp_path / "caching"))
+  ]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 
   # What sample.py does with the run: samples.npz holds decoded 8x8 images.
   run = run_loading.load_run(straight)
@@ -133,3 +161,92 @@ def test_latent_configs_build_their_unet_on_their_autoencoders_latents(autoencod
   t = jax.ShapeDtypeStruct((2,), jnp.int32)
   variables = jax.eval_shape(lambda x, t: model.init(jax.random.key(0), x, t), x, t)
   assert jax.eval_shape(lambda v, x, t: model.apply(v, x, t), variables, x, t).shape == x.shape
+
+
+def _cache_config(autoencoder_dir: str, cache: str):
+  config = _latent_config(autoencoder_dir)
+  config.data.update(latent_cache=cache, random_flip=True)
+  return config
+
+
+def _unscaled(config) -> latent_space.LatentSpace:
+  vae, params, _ = latent_space.frozen_autoencoder(config)
+  return latent_space.LatentSpace(vae, params, 1.0)
+
+
+def test_the_cache_holds_each_images_posterior_mean_and_its_mirrors(tmp_path, autoencoder_dir):
+  config = _cache_config(autoencoder_dir, str(tmp_path / "cache"))
+  space = _unscaled(config)
+  manifest = latent_cache.build(config, space, batch_size=64, shard_size=512)
+  assert manifest["num_examples"] == 1797 and manifest["mirrored"]
+  files = sorted(os.listdir(tmp_path / "cache"))
+  assert files == ["cache.json"] + [f"latents_{k:05d}.npy" for k in range(4)]
+  x = data.create_examples(config.data, 0).load(np.arange(1024, 1536))
+  stored = np.load(tmp_path / "cache" / "latents_00002.npy")
+  assert stored.shape == (512, 2, 4, 4, 2)
+  # Encoded here in one batch of 512, there in batches of 64.
+  own = lambda images: np.asarray(latent_space.posterior_mean(space.vae, space.params, images))
+  np.testing.assert_allclose(stored[:, 0], own(x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stored[:, 1], own(x[:, :, ::-1]), rtol=1e-5, atol=1e-5)
+
+
+def test_an_interrupted_cache_keeps_whole_shards_and_resumes_at_the_missing(
+  tmp_path, autoencoder_dir, monkeypatch
+):
+  folder = tmp_path / "cache"
+  config = _cache_config(autoencoder_dir, str(folder))
+  space = _unscaled(config)
+  real, calls = latent_space.posterior_mean, []
+
+  def stopped_at_the_20th_batch(vae, params, x):
+    calls.append(len(x))
+    if len(calls) == 20 and not os.path.exists(folder / "latents_00001.npy"):
+      raise KeyboardInterrupt
+    return real(vae, params, x)
+
+  monkeypatch.setattr(latent_space, "posterior_mean", stopped_at_the_20th_batch)
+  with pytest.raises(KeyboardInterrupt):
+    latent_cache.build(config, space, batch_size=64, shard_size=512)
+  # 16 batches (8 of images, 8 of mirrors) per shard: shard 0 whole, shard 1 never written.
+  assert sorted(os.listdir(folder)) == ["cache.json", "latents_00000.npy"]
+  first = np.load(folder / "latents_00000.npy")
+  calls.clear()
+  latent_cache.build(config, space, batch_size=64, shard_size=512)
+  assert len(calls) == 2 * (8 + 8 + 5)  # shards 1, 2 and 3 (261 examples) only
+  np.testing.assert_array_equal(np.load(folder / "latents_00000.npy"), first)
+  assert len(os.listdir(folder)) == 5
+
+
+def test_a_cache_of_other_latents_is_refused(tmp_path, autoencoder_dir):
+  config = _cache_config(autoencoder_dir, str(tmp_path / "cache"))
+  space = _unscaled(config)
+  latent_cache.build(config, space, batch_size=64, shard_size=1024)
+  retrained = dataclasses.replace(space, params=jax.tree.map(lambda p: 2 * p, space.params))
+  with pytest.raises(ValueError, match=r"other data or another autoencoder \(autoencoder_sha256"):
+    latent_cache.build(config, retrained, batch_size=64, shard_size=1024)
+  config.data.random_flip = False
+  with pytest.raises(ValueError, match=r"\(mirrored differ\); give another folder or delete"):
+    latent_cache.build(config, space, batch_size=64, shard_size=1024)
+
+
+def test_cached_batches_are_the_training_steps_encoded_batches(tmp_path, autoencoder_dir):
+  config = _cache_config(autoencoder_dir, str(tmp_path / "cache"))
+  vae, params, _ = latent_space.frozen_autoencoder(config)
+  space = latent_space.LatentSpace(vae, params, 0.7)
+  images = data.create_dataset(config.data, 8, config.seed)
+  cached = latent_cache.cached_dataset(config, space, 8)
+  flip_B = jnp.asarray([True, False] * 4)
+  for step in (0, 1, 300):  # 300: a later epoch, in another shard
+    np.testing.assert_allclose(
+      latent_cache.scaled_latents(0.7, cached.get_batch(step), flip_B),
+      space.latents_of_images(params, images.get_batch(step), flip_B),
+      rtol=1e-5,
+      atol=1e-5,
+    )
+
+
+def test_a_latent_cache_without_an_autoencoder_is_refused():
+  config = tiny_configs.digits_small()
+  config.data.latent_cache = "cache"
+  with pytest.raises(ValueError, match="data.latent_cache caches latents; it needs data.autoenc"):
+    config_checks.check_config(config)

@@ -8,8 +8,10 @@ from diffusion_jax.data import builtin, examples, image_files, pipeline, tfds_so
 SOURCES = ("tfds", "folder", "npz", "builtin")
 
 
-def _examples(data: ml_collections.ConfigDict, seed: int, labeled: bool) -> examples.Examples:
-  """Reads `data.source` / `data.name` / `data.path` into preprocessed examples."""
+def create_examples(
+  data: ml_collections.ConfigDict, seed: int, labeled: bool = False
+) -> examples.Examples:
+  """Reads `data.source` / `data.name` / `data.path` into preprocessed examples, by index."""
   if data.source in ("folder", "npz") and not data.path:
     # An empty path would mean the current directory: never train on whatever lies there.
     what = "an image folder" if data.source == "folder" else "an .npz file"
@@ -63,9 +65,8 @@ def create_dataset(
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
-  return pipeline.Dataset(
-    _examples(data_config, seed, labeled), global_batch_size, seed, process_index, process_count
-  )
+  examples = create_examples(data_config, seed, labeled)
+  return pipeline.Dataset(examples, global_batch_size, seed, process_index, process_count)
 
 
 def split_config(data_config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:

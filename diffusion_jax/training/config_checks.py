@@ -94,6 +94,7 @@ FIELD_CHECKS: dict[str, Check] = {
   "data.label_feature": _string,
   "data.autoencoder_run": _string,
   "data.latent_scale": _number(0.0, math.inf),
+  "data.latent_cache": _string,
   "model.name": _string,
   "model.kwargs": lambda value: None,  # a custom module's own arguments, checked by its class
   "model.prediction": _choice(parametrization.PREDICTIONS),
@@ -179,6 +180,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if problem:
       raise ValueError(f"config field {field} {problem}; got {flat[field]!r}")
   _check_steps_per_call(flat)
+  if flat["data.latent_cache"] and not flat["data.autoencoder_run"]:
+    raise ValueError("config field data.latent_cache caches latents; it needs data.autoencoder_run")
 
 
 def _check_steps_per_call(flat: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import data, models
-from diffusion_jax.training import autoencoder_run, run_config
+from diffusion_jax.training import autoencoder_run, run_config, step
 
 # The run's first training batches whose latents' std sets the scale (LDM: the first batch).
 SCALE_BATCHES = 8
@@ -33,7 +33,16 @@ class LatentSpace:
   def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
     """scale * the posterior mean of q(z|x), [B, H/f, W/f, c]; traceable. A jitted caller holds
     the params as constants of its program."""
-    return self.scale * posterior_mean(self.vae, self.params, x_BxHxWxC)
+    return self.latents_of_images(self.params, x_BxHxWxC)
+
+  def latents_of_images(
+    self, params: dict, x_BxHxWxC: jax.Array, flip_B: jax.Array | None = None
+  ) -> jax.Array:
+    """encode with the autoencoder's params as an argument, the images where flip_B is true
+    mirrored first (`step.make_train_steps`' latents_of)."""
+    if flip_B is not None:
+      x_BxHxWxC = step.flipped(x_BxHxWxC, flip_B)
+    return self.scale * posterior_mean(self.vae, params, x_BxHxWxC)
 
   def decode_batches(self, z_Nxhxwxc: np.ndarray, batch_size: int) -> np.ndarray:
     """Images D(z / scale) of the host's latents, batch_size at a time; float32 [N, H, W, C]."""

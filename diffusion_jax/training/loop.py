@@ -23,6 +23,7 @@ from diffusion_jax.samplers import generation
 from diffusion_jax.training import (
   checkpoints,
   config_checks,
+  latent_cache,
   latent_space,
   metric_writer,
   run_config,
@@ -181,6 +182,7 @@ def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
   paths = (
     ("data", "path"),
     ("data", "autoencoder_run"),
+    ("data", "latent_cache"),
     ("eval", "inception_weights"),
     ("eval", "ref_stats"),
   )
@@ -189,6 +191,9 @@ def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
       config[group][field] = os.path.abspath(os.path.expanduser(config[group][field]))
   return config
 
+
+# What a resumed run may change: how it trains, not what it models.
+_MUTABLE_ON_RESUME = ("training", "optim", "sampling", "eval", "data.latent_cache")
 
 # Writes a preview of the state at a step (previews/, the metric log); called on every process.
 Preview = Callable[[metric_writer.MetricWriter, train_state.TrainState, int], None]
@@ -243,20 +248,28 @@ def _train(
       f"the data has {ds.num_classes} classes but model.num_classes is {num_classes}; set "
       f"model.num_classes={ds.num_classes}"
     )
-  shape, encode, to_images = ds.example_shape, None, lambda x: x
+  train_ds, shape, to_images = ds, ds.example_shape, lambda x: x
+  latents_of = frozen = None
   if config.data.autoencoder_run:
     space, config = latent_space.open_for_training(config, workdir, mesh)
-    shape, encode = space.latent_shape(ds.example_shape), space.encode
+    shape = space.latent_shape(ds.example_shape)
     to_images = lambda z: space.decode_batches(z, config.sampling.batch_size)
+    if config.data.latent_cache:
+      train_ds = latent_cache.cached_dataset(
+        config, space, training.batch_size, labeled=num_classes > 0
+      )
+      latents_of, frozen = latent_cache.scaled_latents, np.float32(space.scale)
+    else:
+      latents_of, frozen = space.latents_of_images, space.params
   init_key, train_key, preview_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
   previews = _SamplePreviews(config, workdir, model, sched, ds, shape, to_images, mesh, preview_key)
   return run_training(
     config,
     workdir,
-    ds,
+    train_ds,
     mesh,
     make_state=lambda k: train_state.create_train_state(config, model, shape, k),
-    train_steps=make_train_steps(config, model, sched, mesh, encode),
+    train_steps=make_train_steps(config, model, sched, mesh, latents_of, frozen),
     init_key=init_key,
     train_key=train_key,
     preview=lambda writer, state, step: _write_preview(previews, writer, state, step),
@@ -304,8 +317,7 @@ def run_training(
     first_batch = next(batches)  # reads (and so checks) data before the run is recorded
     is_main = jax.process_index() == 0
     if is_main:
-      # A resumed run may change how it trains, but not what it models.
-      run_config.save_config(workdir, config, mutable=("training", "optim", "sampling", "eval"))
+      run_config.save_config(workdir, config, mutable=_MUTABLE_ON_RESUME)
       if labeled:
         run_config.save_class_names(workdir, ds.class_names)
     resume_step = start if start else None

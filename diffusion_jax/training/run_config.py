@@ -22,8 +22,8 @@ def save_config(
   Args:
     workdir: the run's directory; created if missing.
     config: the run's config; its values must be JSON types (tuples are written as lists).
-    mutable: top-level groups (e.g. "training") that may differ from an existing config.json,
-      which is then replaced; a change anywhere else is an error.
+    mutable: groups (e.g. "training") and fields (e.g. "data.latent_cache") that may differ from
+      an existing config.json, which is then replaced; a change anywhere else is an error.
 
   Raises:
     ValueError: `<workdir>/config.json` differs outside the `mutable` groups.
@@ -36,7 +36,7 @@ def save_config(
     changed = _changed_keys(flatten(old), flatten(_with_defaults(new)))
     if not changed:
       return
-    frozen = [k for k in changed if k.split(".")[0] not in mutable]
+    frozen = [k for k in changed if not any(k == m or k.startswith(f"{m}.") for m in mutable)]
     if frozen:
       raise ValueError(
         f"{path} holds a different config (changed: {', '.join(frozen)}); use another workdir"

@@ -164,8 +164,12 @@ def flip_images(x0: jax.Array, key: jax.Array) -> jax.Array:
   """Images [B, H, W, C] each flipped horizontally with probability 1/2; other data unchanged."""
   if x0.ndim != 4:
     return x0
-  flip = jax.random.bernoulli(key, 0.5, (x0.shape[0],))
-  return jnp.where(flip[:, None, None, None], x0[:, :, ::-1, :], x0)
+  return flipped(x0, jax.random.bernoulli(key, 0.5, (x0.shape[0],)))
+
+
+def flipped(x0: jax.Array, flip_B: jax.Array) -> jax.Array:
+  """Images [B, H, W, C], those where flip_B is true mirrored horizontally."""
+  return jnp.where(flip_B[:, None, None, None], x0[:, :, ::-1, :], x0)
 
 
 def apply_update(
@@ -201,11 +205,14 @@ def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Sch
   )
 
 
-def _jit_for_mesh(steps, labeled: bool, mesh, batch_sharding):
+def _jit_for_mesh(steps, labeled: bool, mesh, batch_sharding, frozen: bool = False):
   """jit with the state replicated and donated, the key replicated, the images and any labels (a
-  class-conditional model's, the fourth argument) split as batch_sharding says."""
+  class-conditional model's, the last argument) split as batch_sharding says, and with `frozen` a
+  replicated fourth argument before the labels."""
   replicated = sharding.replicated(mesh)
   in_shardings = (replicated, batch_sharding, replicated)
+  if frozen:
+    in_shardings += (replicated,)
   if labeled:
     in_shardings += (batch_sharding,)
   return jax.jit(
@@ -225,35 +232,39 @@ def make_train_steps(
   model: nn.Module,
   sched: Schedule,
   mesh,
-  encode: Callable[[jax.Array], jax.Array] | None = None,
+  latents_of: Callable | None = None,
+  frozen: Any = None,
 ):
   """`jit_steps` of this config's train_step: steps(state, x0 [N, B, ...], key[, labels [N, B]]).
 
-  encode: latent diffusion's images -> latents; each step then trains on encode(x0), the images
-  flipped first when data.random_flip says so.
+  Latent diffusion: each step trains on latents_of(frozen, x0, flip_B) instead of x0, where flip_B
+  (bool [B], None unless data.random_flip) says which examples to mirror, and frozen (the encoder's
+  params, say) is an argument of the program rather than constants compiled into it.
   """
   kwargs = _step_kwargs(config, model, sched, mesh)
-  if encode is None:
-    step = functools.partial(train_step, **kwargs)
-  else:
-    flip, kwargs["random_flip"] = kwargs["random_flip"], False
-    step = _on_latents(functools.partial(train_step, **kwargs), encode, flip)
-  return jit_steps(step, mesh, labeled=models.num_classes_of(model) > 0)
+  labeled = models.num_classes_of(model) > 0
+  if latents_of is None:
+    return jit_steps(functools.partial(train_step, **kwargs), mesh, labeled=labeled)
+  flip, kwargs["random_flip"] = kwargs["random_flip"], False
+  step = _on_latents(functools.partial(train_step, **kwargs), latents_of, flip)
+  return jit_steps(step, mesh, labeled=labeled, frozen=frozen)
 
 
-def _on_latents(step: Callable, encode: Callable[[jax.Array], jax.Array], random_flip: bool):
-  """step(state, encode(x0), key[, labels]), with x0's images flipped before encoding when
-  random_flip (flipping a latent is not flipping its image), from a key of their own."""
+def _on_latents(step: Callable, latents_of: Callable, random_flip: bool):
+  """step(state, latents_of(frozen, x0, flip_B), key[, labels]) as a step of frozen; flip_B comes
+  from a key of its own (mirroring a latent is not mirroring its image)."""
 
-  def latent_step(state, x0, key, *labels):
+  def latent_step(state, x0, key, frozen, *labels):
+    flip_B = None
     if random_flip:
-      x0 = flip_images(x0, jax.random.fold_in(jax.random.fold_in(key, state.step), 5))
-    return step(state, encode(x0), key, *labels)
+      flip_key = jax.random.fold_in(jax.random.fold_in(key, state.step), 5)
+      flip_B = jax.random.bernoulli(flip_key, 0.5, (x0.shape[0],))
+    return step(state, latents_of(frozen, x0, flip_B), key, *labels)
 
   return latent_step
 
 
-def jit_steps(step: Callable, mesh, *, labeled: bool = False) -> Callable:
+def jit_steps(step: Callable, mesh, *, labeled: bool = False, frozen: Any = None) -> Callable:
   """N consecutive steps of any step(state, x0 [B, ...], key[, labels [B]]) -> (state, metrics)
   as one jitted program: steps(state, x0 [N, B, ...], key[, labels [N, B]]) -> (the state after
   N steps, each metric stacked to [N]), the state replicated and donated, the batches split over
@@ -268,21 +279,34 @@ def jit_steps(step: Callable, mesh, *, labeled: bool = False) -> Callable:
   Args:
     step: one step; labeled: whether it takes labels.
     mesh: the devices.
+    frozen: a pytree the step reads and does not train; when given, the step is
+      step(state, x0, key, frozen[, labels]), and frozen goes into the program, replicated, as an
+      argument (large arrays compiled in as constants make compiling slow).
   """
+  with_frozen = frozen is not None
+  fixed_count = int(with_frozen)
   if jax.default_backend() == "cpu":
-    one_step = _jit_for_mesh(step, labeled, mesh, sharding.batch_sharding(mesh))
+    one_step = _jit_for_mesh(step, labeled, mesh, sharding.batch_sharding(mesh), with_frozen)
 
-    def step_by_step(state, x0_NxB, key, *labels_NxB):
+    def program(state, x0_NxB, key, *rest):
+      fixed, labels_NxB = rest[:fixed_count], rest[fixed_count:]
       metrics = []
       for i in range(x0_NxB.shape[0]):
-        state, step_metrics = one_step(state, x0_NxB[i], key, *(y[i] for y in labels_NxB))
+        state, step_metrics = one_step(state, x0_NxB[i], key, *fixed, *(y[i] for y in labels_NxB))
         metrics.append(step_metrics)
       return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
-    return step_by_step
+  else:
 
-  scanned = functools.partial(scan_steps, step)
-  return _jit_for_mesh(scanned, labeled, mesh, sharding.frames_sharding(mesh))
+    def scanned(state, x0_NxB, key, *rest):
+      fixed, labels_NxB = rest[:fixed_count], rest[fixed_count:]
+      one = lambda s, x0, k, *labels: step(s, x0, k, *fixed, *labels)
+      return scan_steps(one, state, x0_NxB, key, *labels_NxB)
+
+    program = _jit_for_mesh(scanned, labeled, mesh, sharding.frames_sharding(mesh), with_frozen)
+  if not with_frozen:
+    return program
+  return lambda state, x0_NxB, key, *labels_NxB: program(state, x0_NxB, key, frozen, *labels_NxB)
 
 
 def scan_steps(step: Callable, state, x0_NxB: jax.Array, key: jax.Array, *labels_NxB: jax.Array):
