@@ -56,7 +56,13 @@ def main(argv):
     if _SPLIT.value not in ("train", "test"):
       raise ValueError(f"unknown --split {_SPLIT.value!r}; choose train or test")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    run_loading.check_image_space(run, "analyze.py")
+    if command == "rate_distortion":
+      run_loading.refuse_latent_run(
+        run,
+        "analyze.py rate_distortion",
+        "its rate is bits of the images' discretized likelihood and its distortion an RMSE on "
+        "their 0..255 scale; a model of latents gives neither",
+      )
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "analysis", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )

@@ -64,13 +64,15 @@ def example_shape_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (size, size, config.data.num_channels)
 
 
-def check_image_space(run: LoadedRun, what: str) -> None:
-  """Refuses a latent diffusion run for `what`, which works on the model's space as images."""
+# Why bits/dim refuse a latent run: its model is a density of continuous latents.
+LATENT_BITS = "bits/dim of its latents are no likelihood of the images"
+
+
+def refuse_latent_run(run: LoadedRun, what: str, why: str) -> None:
+  """Refuses a latent diffusion run for `what`, a measure of the images that a model of latents
+  does not give; `why` says why."""
   if run.latents is not None:
-    raise ValueError(
-      f"{what} works on images in the model's own space; a latent diffusion run "
-      "(data.autoencoder_run) is not supported there yet"
-    )
+    raise ValueError(f"{what} does not take a latent diffusion run (data.autoencoder_run): {why}")
 
 
 def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=None) -> LoadedRun:
