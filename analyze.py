@@ -10,6 +10,10 @@ Commands:
                    on the [0, 255] scale), over --num_examples of --split; rate_distortion.json
                    and rate_distortion.png. T network calls per example.
 
+On a latent diffusion run (data.autoencoder_run) progressive runs on the latents, of training data
+encoded for forward.png, and shows them decoded; rate_distortion refuses it, as its bits and
+RMSE are of the images' pixels.
+
 Outputs go to <workdir>/analysis/<command>_step_<N>_seed_<S>/ (or --out).
 """
 

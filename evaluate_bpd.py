@@ -8,6 +8,9 @@ density per dimension in the data's units, which can be negative. Writes the JSO
 
 --method=ode: the probability-flow ODE log-likelihood (adaptive solver; Hutchinson trace with
 Rademacher probes for images after uniform dequantization, exact trace for 2D data).
+
+A latent diffusion run (data.autoencoder_run) is refused: its model is a density of the
+autoencoder's latents, whose bits/dim are no likelihood of the images.
 """
 
 import json
