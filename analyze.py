@@ -10,6 +10,10 @@ Commands:
                    on the [0, 255] scale), over --num_examples of --split; rate_distortion.json
                    and rate_distortion.png. T network calls per example.
 
+On a latent diffusion run (data.autoencoder_run) progressive runs on the latents, of training data
+encoded for forward.png, and shows them decoded; rate_distortion refuses it, as its bits and
+RMSE are of the images' pixels.
+
 Outputs go to <workdir>/analysis/<command>_step_<N>_seed_<S>/ (or --out).
 """
 
@@ -56,7 +60,13 @@ def main(argv):
     if _SPLIT.value not in ("train", "test"):
       raise ValueError(f"unknown --split {_SPLIT.value!r}; choose train or test")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    run_loading.check_image_space(run, "analyze.py")
+    if command == "rate_distortion":
+      run_loading.refuse_latent_run(
+        run,
+        "analyze.py rate_distortion",
+        "its rate is bits of the images' discretized likelihood and its distortion an RMSE on "
+        "their 0..255 scale; a model of latents gives neither",
+      )
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "analysis", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )

@@ -16,6 +16,10 @@ examples (--data_index=3,10). On a class-conditional run, sdedit and inpaint tak
 --guidance) to edit towards a class; without it they use the null class. Outputs go to
 <workdir>/edits/<command>_step_<N>_seed_<S>/: the picture (<command>.png), the results as uint8
 arrays (<command>.npz) and, for interpolate, a GIF.
+
+A latent diffusion run (data.autoencoder_run) takes and gives images too: the inputs are encoded,
+edited as latents and decoded. inpaint keeps a latent cell where all pixels of its patch are kept,
+and the results take the kept pixels from the inputs exactly.
 """
 
 import os
@@ -82,7 +86,7 @@ def _edit(command: str, run) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     titles = ["input", f"t0={_STRENGTH.value:g}T"] + ["edit"] * _VARIANTS.value
     return edit_commands.rows_picture(rows, titles), results, []
   if command == "inpaint":
-    keep = edit_commands.known_mask(_MASK.value, run.example_shape)
+    keep = edit_commands.known_mask(_MASK.value, run.data_shape)
     rows, results = edit_commands.inpaint_rows(
       run,
       x,
@@ -113,7 +117,6 @@ def main(argv):
       raise ValueError(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
     command = argv[1]
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    run_loading.check_image_space(run, "edit.py")
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "edits", f"{command}_step_{run.step:07d}_seed_{_SEED.value}"
     )

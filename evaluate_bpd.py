@@ -8,6 +8,9 @@ density per dimension in the data's units, which can be negative. Writes the JSO
 
 --method=ode: the probability-flow ODE log-likelihood (adaptive solver; Hutchinson trace with
 Rademacher probes for images after uniform dequantization, exact trace for 2D data).
+
+A latent diffusion run (data.autoencoder_run) is refused: its model is a density of the
+autoencoder's latents, whose bits/dim are no likelihood of the images.
 """
 
 import json
@@ -54,7 +57,9 @@ def main(argv):
     if split not in ("train", "test"):
       raise ValueError(f"unknown --split {split!r}; choose train or test")
     run = run_loading.load_run(_WORKDIR.value, _STEP.value)
-    run_loading.check_image_space(run, "evaluate_bpd.py")
+    run_loading.refuse_latent_run(
+      run, "evaluate_bpd.py", run_loading.LATENT_BITS + " (evaluate.py scores its decoded samples)"
+    )
     data.split_config(run.config.data, split)  # this source may lack the split
     out = _OUT.value or os.path.join(_WORKDIR.value, "eval", f"bpd_step_{run.step:07d}.json")
     if os.path.exists(out) and not _OVERWRITE.value:

@@ -32,3 +32,25 @@ def tiny_digits_run(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("shared") / "digits")
   run_script("train.py", *DIGITS_FLAGS, f"--workdir={workdir}", check=True)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def autoencoder_dir(tmp_path_factory) -> str:
+  """An autoencoder run of `tiny_configs.autoencoder_small` with random weights, written once per
+  session; tests must not change it."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  from diffusion_jax import models
+  from diffusion_jax.training import imported_run
+  from tests import tiny_configs
+
+  config = tiny_configs.autoencoder_small()
+  vae = models.create_autoencoder(config)
+  # Random params of the right shapes, without compiling the network's init.
+  shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32), shapes)
+  workdir = str(tmp_path_factory.mktemp("autoencoder"))
+  imported_run.write_run(workdir, config, params, writer="test")
+  return workdir

@@ -100,7 +100,7 @@ def test_masks_and_inputs_are_checked(tmp_path):
   with pytest.raises(ValueError, match="cannot read the mask"):
     edit_commands.known_mask(str(tmp_path / "notes.txt"), (8, 8, 1))
   rgb = _png(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8))
-  run = types.SimpleNamespace(example_shape=(8, 8, 1))
+  run = types.SimpleNamespace(data_shape=(8, 8, 1))
   with pytest.raises(ValueError, match="has 3 channel"):
     edit_commands.input_images(run, [rgb], None)
   with pytest.raises(ValueError, match="--images=a.png"):
@@ -108,4 +108,4 @@ def test_masks_and_inputs_are_checked(tmp_path):
   with pytest.raises(ValueError, match="example numbers 0, 1, ...; got 'x'"):
     edit_commands.input_images(run, None, ["1", "x"])
   with pytest.raises(ValueError, match="image runs"):
-    edit_commands.input_images(types.SimpleNamespace(example_shape=(2,)), [rgb], None)
+    edit_commands.input_images(types.SimpleNamespace(data_shape=(2,)), [rgb], None)

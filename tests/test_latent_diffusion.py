@@ -14,64 +14,30 @@ import pytest
 
 from diffusion_jax import data, models, samplers
 from diffusion_jax.cli import sample_outputs
-from diffusion_jax.configs import digits_autoencoder
 from diffusion_jax.evaluation import run_loading
-from diffusion_jax.training import (
-  config_checks,
-  imported_run,
-  latent_cache,
-  latent_space,
-  run_config,
-)
+from diffusion_jax.training import config_checks, latent_cache, latent_space, run_config
 from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
-
-
-@pytest.fixture(scope="module")
-def autoencoder_dir(tmp_path_factory):
-  """An autoencoder run of random weights for 8x8 digits: f = 2, 4x4x2 latents."""
-  config = digits_autoencoder.get_config()
-  config.data.image_size = 8
-  config.model.update(ch=4, ch_mult=(1, 2), num_groups=2, latent_channels=2, mid_attention=False)
-  vae = models.create_autoencoder(config)
-  # Random params of the right shapes, without compiling the network's init.
-  shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32), shapes)
-  workdir = str(tmp_path_factory.mktemp("autoencoder"))
-  imported_run.write_run(workdir, config, params, writer="test")
-  return workdir
-
-
-def _latent_config(autoencoder_dir: str, num_train_steps: int = 2):
-  """tiny_configs.digits_small on the latents with a one-level U-Net, no previews, a checkpoint a
-  step, and 2 DDIM steps to sample."""
-  config = tiny_configs.digits_small(num_train_steps)
-  config.data.autoencoder_run = autoencoder_dir
-  config.model.update(ch_mult=(1,), attn_resolutions=())
-  config.training.update(log_every=1, checkpoint_every=1, sample_every=0)
-  config.sampling.steps = 2
-  return config
 
 
 def test_latent_run_resumes_exactly_trains_alike_on_a_cache_and_samples_images(
   tmp_path, autoencoder_dir
 ):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  state = train_loop.train_and_evaluate(_latent_config(autoencoder_dir), straight)
+  state = train_loop.train_and_evaluate(tiny_configs.digits_latent(autoencoder_dir), straight)
   # The U-Net sees 2-channel latents.
   assert state.params["conv_in"]["kernel"].shape[2] == 2
   scale = run_config.load_config(straight).data.latent_scale
   assert scale > 0
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "2"))
-  again = train_loop.train_and_evaluate(_latent_config(autoencoder_dir), resumed)
+  again = train_loop.train_and_evaluate(tiny_configs.digits_latent(autoencoder_dir), resumed)
   same = jax.tree.map(np.array_equal, jax.device_get(again.params), jax.device_get(state.params))
   assert all(jax.tree.leaves(same))
   assert run_config.load_config(resumed).data.latent_scale == scale
 
   # A run on cached latents: the same batches, encoded by another program, so equal to rounding.
-  config = _latent_config(autoencoder_dir)
+  config = tiny_configs.digits_latent(autoencoder_dir)
   config.data.latent_cache = str(tmp_path / "cache")
   caching = train_loop.train_and_evaluate(config, str(tmp_path / "caching"))
   assert os.path.isfile(tmp_path / "cache" / "latents_00000.npy")
@@ -99,7 +65,7 @@ def test_latent_run_resumes_exactly_trains_alike_on_a_cache_and_samples_images(
 
 
 def test_scale_is_one_over_the_numpy_std_of_posterior_means(autoencoder_dir):
-  config = _latent_config(autoencoder_dir)
+  config = tiny_configs.digits_latent(autoencoder_dir)
   vae, params, released = latent_space.frozen_autoencoder(config)
   assert released == 0.0
   ds = data.create_dataset(config.data, 8, 0)
@@ -110,7 +76,7 @@ def test_scale_is_one_over_the_numpy_std_of_posterior_means(autoencoder_dir):
 
 
 def test_the_scale_given_recorded_or_released_comes_before_computing(tmp_path, autoencoder_dir):
-  config = _latent_config(autoencoder_dir)
+  config = tiny_configs.digits_latent(autoencoder_dir)
   never = lambda: pytest.fail("computed a scale it was given")
   assert latent_space.run_scale(config, str(tmp_path), 0.25, never) == 0.25
   config.data.latent_scale = 0.5
@@ -131,14 +97,14 @@ def test_the_scale_given_recorded_or_released_comes_before_computing(tmp_path, a
 def test_images_the_autoencoder_does_not_take_are_refused(
   tmp_path, autoencoder_dir, field, value, message
 ):
-  config = _latent_config(autoencoder_dir)
+  config = tiny_configs.digits_latent(autoencoder_dir)
   config.data[field] = value
   with pytest.raises(ValueError, match=message):
     train_loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_a_missing_autoencoder_run_is_refused(tmp_path):
-  config = _latent_config(str(tmp_path / "nothing"))
+  config = tiny_configs.digits_latent(str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="holds no autoencoder run \\(no config.json\\)"):
     train_loop.train_and_evaluate(config, str(tmp_path / "run"))
 
@@ -164,7 +130,7 @@ def test_latent_configs_build_their_unet_on_their_autoencoders_latents(autoencod
 
 
 def _cache_config(autoencoder_dir: str, cache: str):
-  config = _latent_config(autoencoder_dir)
+  config = tiny_configs.digits_latent(autoencoder_dir)
   config.data.update(latent_cache=cache, random_flip=True)
   return config
 

@@ -1,6 +1,6 @@
 """Small versions of the shipped configs, fast enough for a 2-core CPU."""
 
-from diffusion_jax.configs import digits, toy2d
+from diffusion_jax.configs import digits, digits_autoencoder, toy2d
 
 
 def toy(num_train_steps: int = 40):
@@ -37,4 +37,23 @@ def digits_small(num_train_steps: int = 4):
   config.sampling.batch_size = 8
   config.sampling.steps = 10  # DDIM, as configs/digits.py samples, on the 20-step chain
   config.eval.every_steps = 0  # tests that want the quick evaluation turn it on
+  return config
+
+
+def autoencoder_small():
+  """digits_autoencoder for 8x8 digits: f = 2, 4x4x2 latents, width 4."""
+  config = digits_autoencoder.get_config()
+  config.data.image_size = 8
+  config.model.update(ch=4, ch_mult=(1, 2), num_groups=2, latent_channels=2, mid_attention=False)
+  return config
+
+
+def digits_latent(autoencoder_run: str, num_train_steps: int = 2):
+  """digits_small on the latents of `autoencoder_run` with a one-level U-Net, no previews, a
+  checkpoint a step, and 2 DDIM steps to sample."""
+  config = digits_small(num_train_steps)
+  config.data.autoencoder_run = autoencoder_run
+  config.model.update(ch_mult=(1,), attn_resolutions=())
+  config.training.update(log_every=1, checkpoint_every=1, sample_every=0)
+  config.sampling.steps = 2
   return config

@@ -15,7 +15,7 @@ from diffusion_jax.samplers import SamplerSpec, grid, progressive
 
 def _panels(run: LoadedRun, frames: np.ndarray, titles: list[str], lims=None) -> np.ndarray:
   """One titled panel per frame [F, N, ...], side by side: a column of images, or a scatter."""
-  if len(run.example_shape) == 1:
+  if len(run.data_shape) == 1:
     pictures = [
       images.scatter_image(f, size=256, lims=lims, title=t)
       for f, t in zip(frames, titles, strict=True)
@@ -28,11 +28,20 @@ def _panels(run: LoadedRun, frames: np.ndarray, titles: list[str], lims=None) ->
   return figures.strip(pictures)
 
 
+def _as_images(run: LoadedRun, frames) -> np.ndarray:
+  """The model's frames [F, N, *example_shape] as data [F, N, *data_shape] (a latent run's
+  decoded)."""
+  return np.stack([run.to_images(np.asarray(frame)) for frame in frames])
+
+
 def progressive_pictures(
   run: LoadedRun, spec: SamplerSpec, num_samples: int, num_frames: int, seed: int
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
   """forward.png (q(x_t | x0) of training data), reverse.png (x_t along a chain), progressive.png
-  (its x0_hat), each about num_frames titled panels; and GIF frames of forward then reverse."""
+  (its x0_hat), each about num_frames titled panels; and GIF frames of forward then reverse.
+
+  A latent run's chains and forward process run on latents (the training data's encoded) and show
+  decoded."""
   key = jax.random.key(seed)
   ds = data.create_dataset(run.config.data, 1, run.config.seed, process_index=0, process_count=1)
   num_samples = min(num_samples, ds.num_examples)  # as many chains as data shown going forward
@@ -49,10 +58,12 @@ def progressive_pictures(
   times = progressive.frame_times(
     grid_times, progressive.record_every(len(grid_times) - 1, num_frames)
   )
-  x_t, x0_hat = (np.asarray(a) for a in jax.device_get(run_chain(run.params)))
+  x_t, x0_hat = (_as_images(run, a) for a in jax.device_get(run_chain(run.params)))
   x0 = ds.data_samples(num_samples)
   forward_ts = sample_outputs.forward_times(run.sched.num_timesteps, len(times))
-  forward = sample_outputs.forward_frames(run, x0, forward_ts, key)
+  forward = _as_images(
+    run, sample_outputs.forward_frames(run, run.to_examples(x0), forward_ts, key)
+  )
   lims = images.points_limits(np.concatenate([x0, x_t[-1]])) if x0.ndim == 2 else None
   reverse_titles = [f"t={t:.0f}" if t >= 0 else "clean" for t in times]
   pictures = {

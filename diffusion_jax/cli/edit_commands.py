@@ -1,5 +1,8 @@
 """What edit.py does: read inputs and masks, run SDEdit, inpainting or interpolation on a loaded
-run, and lay the results out as pictures (one row per input)."""
+run, and lay the results out as pictures (one row per input).
+
+Inputs and results are images. A latent diffusion run edits its autoencoder's latents: the inputs
+are encoded, the edit runs on the latents, and the results are decoded."""
 
 import os
 
@@ -17,12 +20,12 @@ MASK_PRESETS = ("left", "right", "top", "bottom", "center")
 
 def input_images(run: LoadedRun, paths: list[str] | None, indices: list[str] | None) -> np.ndarray:
   """The images to edit, float32 [N, H, W, C] in [-1, 1]: PNG/JPEG files or training examples."""
-  if len(run.example_shape) != 3:
+  if len(run.data_shape) != 3:
     raise ValueError("edit.py works on image runs; this run's data are vectors")
   if bool(paths) == bool(indices):
     raise ValueError("give the images to edit as --images=a.png,... or --data_index=0,5,...")
   if paths:
-    return np.stack([images.load_image(path, run.example_shape) for path in paths])
+    return np.stack([images.load_image(path, run.data_shape) for path in paths])
   bad = [i for i in indices if not i.strip().isdigit()]
   if bad:
     raise ValueError(f"--data_index takes example numbers 0, 1, ...; got {bad[0]!r}")
@@ -59,6 +62,32 @@ def known_mask(mask: str, example_shape: tuple[int, ...]) -> np.ndarray:
   return (~fill).astype(np.float32)[..., None]
 
 
+def latent_keep(keep: np.ndarray, factor: int) -> np.ndarray:
+  """The mask [H/f, W/f, 1] of a latent run whose autoencoder downsamples by f = `factor`: a latent
+  cell is kept only where all f x f pixels of its patch are, so that no generated pixel is decoded
+  from a cell held to the input.
+
+  Raises:
+    ValueError: `keep` keeps pixels but no whole patch, so nothing of the input would guide the
+      generation.
+  """
+  height, width, _ = keep.shape
+  cells = keep.reshape(height // factor, factor, width // factor, factor, 1).min(axis=(1, 3))
+  if keep.any() and not cells.any():
+    raise ValueError(
+      f"the mask keeps no whole {factor}x{factor} patch of pixels; a latent run keeps a latent "
+      "cell of the input only where all its pixels are kept"
+    )
+  return cells
+
+
+def model_keep(run: LoadedRun, keep: np.ndarray) -> np.ndarray:
+  """The mask `keep` [H, W, 1] of the images in the model's space: as it is, or a latent run's."""
+  if run.latents is None:
+    return keep
+  return latent_keep(keep, run.latents.vae.factor)
+
+
 def _denoiser(run: LoadedRun, params, batch: int, label: int | None, guidance: float):
   """The run's model; with a label (conditional runs), that class for all `batch` examples under
   classifier-free guidance of scale `guidance`; without one, the null class."""
@@ -80,9 +109,10 @@ def sdedit_rows(
 
   Returns:
     (rows [N, 2 + variants, H, W, C]: the input, its noised x_t0 and the edits; edits
-    [N * variants, H, W, C]).
+    [N * variants, H, W, C]). A latent run's x_t0 is its noised latent decoded, the state the
+    edit starts from as the decoder shows it.
   """
-  repeated = jnp.asarray(np.repeat(x, variants, axis=0))
+  repeated = jnp.asarray(np.repeat(run.to_examples(x), variants, axis=0))
 
   @jax.jit
   def run_edit(params, key):
@@ -101,9 +131,12 @@ def sdedit_rows(
 
   edits, noised = jax.device_get(run_edit(run.params, jax.random.key(seed)))
   n = len(x)
-  edits_r = edits.reshape(n, variants, *x.shape[1:])
-  noised_first = noised.reshape(n, variants, *x.shape[1:])[:, :1]
-  return np.concatenate([x[:, None], noised_first, edits_r], axis=1), edits
+  edits = run.to_images(np.asarray(edits))
+  noised_first = run.to_images(np.asarray(noised)[::variants])[:, None]
+  rows = np.concatenate(
+    [x[:, None], noised_first, edits.reshape(n, variants, *x.shape[1:])], axis=1
+  )
+  return rows, edits
 
 
 def inpaint_rows(
@@ -121,11 +154,16 @@ def inpaint_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Inpainting of every input `variants` times, as class `label` for a conditional run.
 
+  `keep` [H, W, 1] is 1 where the images are kept. A latent run inpaints its latents under
+  `model_keep`'s mask; every result then takes the kept pixels from its input exactly.
+
   Returns:
     (rows [N, 2 + variants, H, W, C]: the input, the kept part (the rest grey) and the results;
     results [N * variants, H, W, C]).
   """
-  repeated = jnp.asarray(np.repeat(x, variants, axis=0))
+  mask = model_keep(run, keep)
+  repeated_x = np.repeat(x, variants, axis=0)
+  repeated = jnp.asarray(np.repeat(run.to_examples(x), variants, axis=0))
 
   @jax.jit
   def run_edit(params, key):
@@ -133,7 +171,7 @@ def inpaint_rows(
       _denoiser(run, params, len(repeated), label, guidance),
       run.sched,
       repeated,
-      jnp.asarray(keep),
+      jnp.asarray(mask),
       key,
       spec,
       jump_length=jump_length,
@@ -141,7 +179,9 @@ def inpaint_rows(
     )
     return result.x
 
-  results = np.asarray(jax.device_get(run_edit(run.params, jax.random.key(seed))))
+  results = run.to_images(np.asarray(jax.device_get(run_edit(run.params, jax.random.key(seed)))))
+  # A decoder does not reproduce the kept pixels exactly; an image run's results hold them already.
+  results = keep * repeated_x + (1.0 - keep) * results
   n = len(x)
   kept = x * keep  # 0 is mid-grey in [-1, 1]
   rows = np.concatenate(
@@ -159,10 +199,12 @@ def interpolation_frames(
   strength: float,
   seed: int,
 ) -> np.ndarray:
-  """Frames [F, H, W, C] from x[0] to x[1] (`interpolation.stochastic` or `deterministic`)."""
+  """Frames [F, H, W, C] from x[0] to x[1] (`interpolation.stochastic` or `deterministic`); a
+  latent run interpolates the inputs' latents and decodes the frames."""
   if len(x) != 2:
     raise ValueError(f"interpolate takes exactly two images, got {len(x)}")
-  x_a, x_b = jnp.asarray(x[:1]), jnp.asarray(x[1:])
+  z = jnp.asarray(run.to_examples(x))
+  x_a, x_b = z[:1], z[1:]
 
   @jax.jit
   def run_frames(params, key):
@@ -173,7 +215,9 @@ def interpolation_frames(
       )
     return interpolation.deterministic(model, run.sched, x_a, x_b, spec, num_frames=num_frames)
 
-  return np.asarray(jax.device_get(run_frames(run.params, jax.random.key(seed))))[:, 0]
+  return run.to_images(
+    np.asarray(jax.device_get(run_frames(run.params, jax.random.key(seed))))[:, 0]
+  )
 
 
 def rows_picture(rows: np.ndarray, titles: list[str]) -> np.ndarray:

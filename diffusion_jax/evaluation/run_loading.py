@@ -20,7 +20,8 @@ class LoadedRun:
   sched: Schedule
   params: dict
   step: int
-  example_shape: tuple[int, ...]
+  example_shape: tuple[int, ...]  # what the model draws: the data's, or a latent run's latents'
+  data_shape: tuple[int, ...]  # the data's examples: a latent run's images, else example_shape
   class_names: tuple[str, ...] = ()  # a conditional run's classes (label k is class_names[k])
   latents: latent_space.LatentSpace | None = None  # a latent diffusion run's autoencoder
 
@@ -29,6 +30,13 @@ class LoadedRun:
     if self.latents is None:
       return samples
     return self.latents.decode_batches(samples, self.config.sampling.batch_size)
+
+  def to_examples(self, x: np.ndarray) -> np.ndarray:
+    """Data [N, *data_shape] as the model's examples: a latent run's scaled latents, else as they
+    are."""
+    if self.latents is None:
+      return x
+    return self.latents.encode_batches(x, self.config.sampling.batch_size)
 
   @property
   def num_classes(self) -> int:
@@ -56,13 +64,15 @@ def example_shape_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (size, size, config.data.num_channels)
 
 
-def check_image_space(run: LoadedRun, what: str) -> None:
-  """Refuses a latent diffusion run for `what`, which works on the model's space as images."""
+# Why bits/dim refuse a latent run: its model is a density of continuous latents.
+LATENT_BITS = "bits/dim of its latents are no likelihood of the images"
+
+
+def refuse_latent_run(run: LoadedRun, what: str, why: str) -> None:
+  """Refuses a latent diffusion run for `what`, a measure of the images that a model of latents
+  does not give; `why` says why."""
   if run.latents is not None:
-    raise ValueError(
-      f"{what} works on images in the model's own space; a latent diffusion run "
-      "(data.autoencoder_run) is not supported there yet"
-    )
+    raise ValueError(f"{what} does not take a latent diffusion run (data.autoencoder_run): {why}")
 
 
 def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=None) -> LoadedRun:
@@ -71,10 +81,11 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=N
   config_checks.check_config(config)
   model = models.create_model(config)
   mesh = mesh or sharding.data_mesh()
-  shape, latents = example_shape_for(config), None
+  data_shape = shape = example_shape_for(config)
+  latents = None
   if config.data.autoencoder_run:
     latents = latent_space.open_for_sampling(config, mesh)
-    shape = latents.latent_shape(shape)
+    shape = latents.latent_shape(data_shape)
   # Read-only: the run may be training right now, and its trainer owns the directory.
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
@@ -88,6 +99,7 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True, mesh=N
     params=state.ema_params if use_ema else state.params,
     step=int(state.step),
     example_shape=shape,
+    data_shape=data_shape,
     class_names=run_config.load_class_names(workdir),
     latents=latents,
   )

@@ -79,7 +79,7 @@ def evaluate_run(
   sample_quality.check_image_data(run.config, run.example_shape)
   bpd_split = bpd_split or data.default_split(run.config.data)
   if "bpd" in metrics:
-    run_loading.check_image_space(run, "bits/dim")
+    run_loading.refuse_latent_run(run, "the bpd metric", run_loading.LATENT_BITS)
     data.split_config(run.config.data, bpd_split)  # a bad split fails before sampling
   mesh = sharding.data_mesh()
   batch_size = generation.device_batch_size(batch_size, num_samples, mesh)

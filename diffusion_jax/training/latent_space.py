@@ -44,16 +44,26 @@ class LatentSpace:
       x_BxHxWxC = step.flipped(x_BxHxWxC, flip_B)
     return self.scale * posterior_mean(self.vae, params, x_BxHxWxC)
 
+  def encode_batches(self, x_NxHxWxC: np.ndarray, batch_size: int) -> np.ndarray:
+    """Scaled latents of the host's images, batch_size at a time; float32 [N, H/f, W/f, c]."""
+    return _in_batches(self.encode, x_NxHxWxC, batch_size)
+
   def decode_batches(self, z_Nxhxwxc: np.ndarray, batch_size: int) -> np.ndarray:
     """Images D(z / scale) of the host's latents, batch_size at a time; float32 [N, H, W, C]."""
-    chunks = range(0, len(z_Nxhxwxc), batch_size)
-    decode = lambda z: np.asarray(decoded(self.vae, self.params, z / self.scale))
-    return np.concatenate([decode(z_Nxhxwxc[i : i + batch_size]) for i in chunks])
+    return _in_batches(
+      lambda z: decoded(self.vae, self.params, z / self.scale), z_Nxhxwxc, batch_size
+    )
 
   def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """The latent of an (H, W, C) image: (H / f, W / f, latent_channels)."""
     f = self.vae.factor
     return (image_shape[0] // f, image_shape[1] // f, self.vae.latent_channels)
+
+
+def _in_batches(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn of x, batch_size examples at a time, on the host as float32."""
+  chunks = range(0, len(x), batch_size)
+  return np.concatenate([np.asarray(fn(x[i : i + batch_size]), np.float32) for i in chunks])
 
 
 @functools.partial(jax.jit, static_argnums=0)
