@@ -15,7 +15,14 @@ import pytest
 from diffusion_jax import data, models, samplers
 from diffusion_jax.cli import sample_outputs
 from diffusion_jax.evaluation import run_loading
-from diffusion_jax.training import config_checks, latent_cache, latent_space, run_config
+from diffusion_jax.pretrained import diffusers_autoencoder
+from diffusion_jax.training import (
+  config_checks,
+  imported_run,
+  latent_cache,
+  latent_space,
+  run_config,
+)
 from diffusion_jax.training import loop as train_loop
 from tests import tiny_configs
 
@@ -111,7 +118,11 @@ def test_a_missing_autoencoder_run_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
   "autoencoder, latent",
-  [("digits_autoencoder", "digits_latent"), ("celeba64_autoencoder", "celeba64_latent")],
+  [
+    ("digits_autoencoder", "digits_latent"),
+    ("celeba64_autoencoder", "celeba64_latent"),
+    ("cifar10_autoencoder", "cifar10_latent"),
+  ],
 )
 def test_latent_configs_build_their_unet_on_their_autoencoders_latents(autoencoder, latent):
   ae_config = importlib.import_module(f"configs.{autoencoder}").get_config()
@@ -216,3 +227,30 @@ def test_a_latent_cache_without_an_autoencoder_is_refused():
   config.data.latent_cache = "cache"
   with pytest.raises(ValueError, match="data.latent_cache caches latents; it needs data.autoenc"):
     config_checks.check_config(config)
+
+
+def test_a_latent_run_on_a_converted_vae_uses_its_released_scale(tmp_path):
+  """The diffusers fixture (RGB, f = 4, scaling_factor 0.18215) as the autoencoder run of latent
+  diffusion on 16x16 RGB images from an .npz, through the latent cache."""
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "diffusers_vae_tiny", "model")
+  vae_config, params = diffusers_autoencoder.load_diffusers_autoencoder(fixture)
+  imported_run.write_run(str(tmp_path / "vae"), vae_config, params, writer="test")
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "images.npz", images=rng.integers(0, 256, (24, 16, 16, 3), np.uint8))
+  config = tiny_configs.digits_latent(str(tmp_path / "vae"))
+  config.data.update(
+    source="npz",
+    path=str(tmp_path / "images.npz"),
+    image_size=16,
+    num_channels=3,
+    latent_cache=str(tmp_path / "cache"),
+  )
+  state = train_loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert state.params["conv_in"]["kernel"].shape[2] == 2  # the VAE's latent channels
+  assert run_config.load_config(str(tmp_path / "run")).data.latent_scale == 0.18215
+  run = run_loading.load_run(str(tmp_path / "run"))
+  assert run.example_shape == (4, 4, 2) and run.data_shape == (16, 16, 3)
+  cached = np.load(tmp_path / "cache" / "latents_00000.npy")
+  x = data.create_examples(config.data, 0).load(np.arange(24))
+  means = latent_space.posterior_mean(run.latents.vae, run.latents.params, x)
+  np.testing.assert_allclose(cached, means, rtol=1e-5, atol=1e-5)  # unscaled, no mirrors
