@@ -22,10 +22,10 @@ def get_config():
   config.model.dropout = 0.0
   config.model.num_groups = 8
 
+  # On a CPU with 2 or more cores train.py splits the batch over two CPU devices (--cpu_devices),
+  # 26-30 steps/s on 2 cores against 22 for one device with two micro-batches of 32, the best
+  # on one device (benchmarks/RESULTS.md).
   config.training.batch_size = 64
-  # Two micro-batches of 32 per update: the same update up to float rounding, and about 25% more
-  # steps/s on a 2-core CPU than one batch of 64 (benchmarks/RESULTS.md).
-  config.training.grad_accum_steps = 2
   config.training.num_train_steps = 6000
   config.training.ema_decay = 0.995
   config.training.log_every = 100
