@@ -66,7 +66,7 @@ _GUIDANCE = flags.DEFINE_float(
   lower_bound=0.0,
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing results file.")
-_initialize_distributed = cli_flags.define_distributed_flags()
+_initialize_devices = cli_flags.define_device_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -79,7 +79,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
   try:
-    _initialize_distributed()
+    _initialize_devices()
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     ev = run.config.eval
     metrics = sample_quality.parse_metrics(_or(_METRICS, ev.metrics))

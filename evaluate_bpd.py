@@ -38,7 +38,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the forward-process noise.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (default: <workdir>/eval/bpd_step_<N>.json).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
-_initialize_distributed = cli_flags.define_distributed_flags()
+_initialize_devices = cli_flags.define_device_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -48,7 +48,7 @@ def main(argv):
   logs.quiet_library_logs()
   method, split = _METHOD.value, _SPLIT.value
   try:
-    _initialize_distributed()
+    _initialize_devices()
     # Checked before the (slow) checkpoint restore.
     if method not in bits_per_dim.METHODS:
       raise ValueError(

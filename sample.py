@@ -54,7 +54,7 @@ _CLASSIFIER_SCALE = flags.DEFINE_float(
 )
 _RAW = flags.DEFINE_bool("raw_params", False, "Sample from the raw params instead of the EMA.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs already in --out.")
-_initialize_distributed = cli_flags.define_distributed_flags()
+_initialize_devices = cli_flags.define_device_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -63,7 +63,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
   try:
-    _initialize_distributed()
+    _initialize_devices()
     run = run_loading.load_run(_WORKDIR.value, _STEP.value, use_ema=not _RAW.value)
     out = _OUT.value or os.path.join(
       _WORKDIR.value, "samples", f"step_{run.step:07d}_seed_{_SEED.value}"

@@ -13,29 +13,28 @@ from tests.scripts import ROOT, assert_fails_cleanly, run_script
 
 
 @pytest.mark.parametrize(
-  "batch_size, grad_accum_steps, cores, devices",
-  [
-    (64, 1, 2, 2),
-    (64, 1, 16, 2),
-    (64, 1, 1, 1),  # one core: nothing to split over
-    (64, 2, 2, 2),  # micro-batches of 32
-    (6, 2, 2, 1),  # micro-batches of 3 do not split in two
-    (65, 1, 2, 1),
-  ],
+  "batches_split, cores, devices",
+  [(True, 2, 2), (True, 16, 2), (True, 1, 1), (False, 2, 1)],
 )
-def test_two_devices_where_there_are_cores_and_the_micro_batches_split(
-  batch_size, grad_accum_steps, cores, devices
-):
+def test_two_devices_where_there_are_cores_and_the_batches_split(batches_split, cores, devices):
+  assert cpu_devices.automatic_count(batches_split, cores) == devices
+
+
+@pytest.mark.parametrize(
+  "batch_size, grad_accum_steps, split",
+  [(64, 1, True), (64, 2, True), (6, 2, False), (65, 1, False)],
+)
+def test_training_batches_split_where_each_micro_batch_halves(batch_size, grad_accum_steps, split):
   config = tiny_configs.digits_small()
   config.training.update(batch_size=batch_size, grad_accum_steps=grad_accum_steps)
-  assert cpu_devices.automatic_count(config, cores) == devices
+  assert cpu_devices.training_batches_split(config) == split
 
 
 def test_xla_flags_device_count_is_left_alone(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", f"{cpu_devices.FORCE_FLAG}=4")
-  assert cpu_devices.set_cpu_devices(None, tiny_configs.digits_small()) is None
+  assert cpu_devices.set_cpu_devices(None) is None
   with pytest.raises(ValueError, match="--cpu_devices and XLA_FLAGS' --xla_force_host_platform"):
-    cpu_devices.set_cpu_devices(3, tiny_configs.digits_small())
+    cpu_devices.set_cpu_devices(3)
   # As train.py says it.
   args = ["--config=configs/digits.py", "--workdir=/nonexistent/run", "--cpu_devices=3"]
   assert_fails_cleanly(run_script("train.py", *args), "--cpu_devices and XLA_FLAGS'")
@@ -48,8 +47,7 @@ def test_the_cpu_client_gets_the_count(requested, devices):
   code = (
     "import jax\n"
     "from diffusion_jax.cli import cpu_devices\n"
-    "from tests import tiny_configs\n"
-    f"cpu_devices.set_cpu_devices({requested}, tiny_configs.digits_small())\n"
+    f"cpu_devices.set_cpu_devices({requested})\n"
     "print(jax.device_count())\n"
   )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -379,3 +379,29 @@ def test_image_evaluation_in_training_and_evaluate_py_match_one_process(tmp_path
   )
   for name in ("fid", "is", "kid"):
     np.testing.assert_allclose(results[name], expected[name], **OUTPUT_TOLERANCE)
+
+
+def test_latent_training_on_a_shared_cache_matches_one_process(tmp_path, autoencoder_dir):
+  """Two processes build one latent cache (process 0 writes the manifest and the digits' one
+  shard, both wait for it) and train on it as one process does."""
+  config = tiny_configs.digits_latent(autoencoder_dir)
+  config.data.latent_cache = str(tmp_path / "cache_one")
+  one = str(tmp_path / "one")
+  train_loop.train_and_evaluate(config, one)
+  config.data.latent_cache = str(tmp_path / "cache_two")
+  two = str(tmp_path / "two")
+  run_two(
+    tmp_path / "logs", "train.py", *_cli_flags(config, "configs/digits.py"), f"--workdir={two}"
+  )
+  assert sorted(os.listdir(tmp_path / "cache_two")) == ["cache.json", "latents_00000.npy"]
+  np.testing.assert_array_equal(
+    np.load(tmp_path / "cache_two" / "latents_00000.npy"),
+    np.load(tmp_path / "cache_one" / "latents_00000.npy"),
+  )
+  runs = [run_loading.load_run(workdir) for workdir in (one, two)]
+  assert runs[0].step == runs[1].step == 2
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, **PARAMS_TOLERANCE),
+    jax.device_get(runs[0].params),
+    jax.device_get(runs[1].params),
+  )

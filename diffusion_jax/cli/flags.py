@@ -1,6 +1,6 @@
 """Command-line flags shared by the entry scripts: parsing where every bad flag is one `error:`
-line, the flags that choose a sampler (sample.py, evaluate.py), and those that join a
-multi-process run (all of them).
+line, the flags that choose a sampler (sample.py, evaluate.py), and those that set up the devices
+(training, sampling and evaluation scripts): a CPU split into several devices, a multi-process run.
 
 On a cluster, `--distributed` lets `jax.distributed.initialize()` detect the processes (SLURM, Open
 MPI, TPU pods, ...). Anywhere else, e.g. several processes on one machine, give the coordinator's
@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 from diffusion_jax import samplers
+from diffusion_jax.cli import cpu_devices
 from diffusion_jax.samplers import ancestral, timesteps
 
 
@@ -98,13 +99,22 @@ def define_sampler_flags() -> Callable[[ml_collections.ConfigDict], samplers.Sam
   return spec_from_flags
 
 
-def define_distributed_flags() -> Callable[[], None]:
-  """Defines --distributed --coordinator_address --num_processes --process_id.
+def define_device_flags() -> Callable[..., None]:
+  """Defines --cpu_devices and the multi-process flags --distributed --coordinator_address
+  --num_processes --process_id.
 
   Returns:
-    initialize(): joins the run the flags describe, or does nothing when none is given. Call it
-    before anything touches a device.
+    initialize(batches_split=True): splits a CPU into devices (`cpu_devices.set_cpu_devices`;
+    batches_split says whether the script's batches split in two) and joins the run the
+    multi-process flags describe, if any. Call it before anything touches a device.
   """
+  cpu_count = flags.DEFINE_integer(
+    "cpu_devices",
+    None,
+    "Devices XLA's CPU client makes, each taking a share of every batch (default: 2 with 2 or more "
+    "cores where training's micro-batches split in two, else 1). Unused on GPUs and TPUs.",
+    lower_bound=1,
+  )
   distributed = flags.DEFINE_bool(
     "distributed",
     False,
@@ -123,17 +133,25 @@ def define_distributed_flags() -> Callable[[], None]:
     "process_id", None, "This process's id in [0, num_processes) (implies --distributed)."
   )
 
-  def initialize() -> None:
-    explicit = (address.value, num_processes.value, process_id.value)
-    if not distributed.value and all(value is None for value in explicit):
-      return
-    # Only the CPU backend reads this, so it is harmless on accelerators; without a cross-process
-    # implementation (older JAX releases default to none), CPU computations spanning processes fail.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-      coordinator_address=address.value,
-      num_processes=num_processes.value,
-      process_id=process_id.value,
-    )
+  def initialize(batches_split: bool = True) -> None:
+    split = cpu_devices.set_cpu_devices(cpu_count.value, batches_split)
+    _join_run(distributed.value, address.value, num_processes.value, process_id.value)
+    logging.info("devices: %s", jax.devices())
+    if split and split > 1 and jax.default_backend() == "cpu":
+      logging.info(
+        "the CPU runs as %d devices, each taking a share of a batch (--cpu_devices)", split
+      )
 
   return initialize
+
+
+def _join_run(distributed: bool, address: str | None, num_processes, process_id) -> None:
+  """jax.distributed.initialize with what the flags give, when they give anything."""
+  if not distributed and all(value is None for value in (address, num_processes, process_id)):
+    return
+  # Only the CPU backend reads this, so it is harmless on accelerators; without a cross-process
+  # implementation (older JAX releases default to none), CPU computations spanning processes fail.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+    coordinator_address=address, num_processes=num_processes, process_id=process_id
+  )

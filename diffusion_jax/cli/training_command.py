@@ -1,14 +1,12 @@
-"""The command line of the training scripts (train.py, train_classifier.py): --config, --workdir,
---cpu_devices and the multi-process flags, and a main that runs the training with every error as
-one line."""
+"""The command line of the training scripts (train.py, train_classifier.py): --config, --workdir
+and the device flags, and a main that runs the training with every error as one line."""
 
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from diffusion_jax.cli import cpu_devices, logs
@@ -18,8 +16,7 @@ TrainFn = Callable[[ml_collections.ConfigDict, str], Any]
 
 
 def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None]:
-  """Defines --config (locked), --workdir, --cpu_devices and `cli_flags.define_distributed_flags`'
-  flags.
+  """Defines --config (locked), --workdir and `cli_flags.define_device_flags`' flags.
 
   Args:
     train: train(config, workdir), e.g. `training.loop.train_and_evaluate`.
@@ -30,14 +27,7 @@ def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None
   """
   config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
-  cpu_count = flags.DEFINE_integer(
-    "cpu_devices",
-    None,
-    "Devices XLA's CPU client makes, for data parallelism over the cores (default: 2 with 2 or "
-    "more cores when each training micro-batch splits in two, else 1). Unused on GPUs and TPUs.",
-    lower_bound=1,
-  )
-  initialize_distributed = cli_flags.define_distributed_flags()
+  initialize_devices = cli_flags.define_device_flags()
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv: list[str]) -> None:
@@ -45,11 +35,7 @@ def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.quiet_library_logs()
     try:
-      split = cpu_devices.set_cpu_devices(cpu_count.value, config.value)
-      initialize_distributed()
-      logging.info("devices: %s", jax.devices())
-      if split and split > 1 and jax.default_backend() == "cpu":
-        logging.info("the CPU runs as %d devices, splitting each batch (--cpu_devices)", split)
+      initialize_devices(cpu_devices.training_batches_split(config.value))
       train(config.value, workdir.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
       print(f"error: {e}", file=sys.stderr)
