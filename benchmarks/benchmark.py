@@ -4,6 +4,7 @@ python benchmarks/benchmark.py --config=configs/cifar10.py --batch_size=128 --pe
 python benchmarks/benchmark.py --config=configs/cifar10.py --config.model.ch=64 --batch_size=8 \\
   --vs_torch --sample=false --score=false        # against diffusers' UNet2DModel, same machine
 
+The devices are train.py's: on a CPU, two devices where it has 2 or more cores (--cpu_devices).
 Training runs the jitted train step on synthetic batches of the config's shape (the network's
 compute; the input pipeline runs ahead in background threads in train.py). Model TFLOP/s comes
 from XLA's cost analysis of the compiled step; MFU divides it by --peak_tflops (the device's
@@ -30,6 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from diffusion_jax import models, samplers, schedules, sharding
+from diffusion_jax.cli import cpu_devices
 from diffusion_jax.evaluation import run_loading
 from diffusion_jax.metrics import feature_nets, inception
 from diffusion_jax.samplers import generation
@@ -49,6 +51,9 @@ _SAMPLE_STEPS = flags.DEFINE_integer(
 _SCORE = flags.DEFINE_bool("score", True, "Time the FID Inception network.")
 _SCORE_BATCH = flags.DEFINE_integer("score_batch", 64, "Images per Inception batch.")
 _VS_TORCH = flags.DEFINE_bool("vs_torch", False, "Time diffusers' UNet2DModel alongside.")
+_CPU_DEVICES = flags.DEFINE_integer(
+  "cpu_devices", None, "CPU devices, as train.py's --cpu_devices (default: as train.py chooses)."
+)
 flags.mark_flag_as_required("config")
 
 SAMPLER_CHAINS = (("ancestral", 1000), ("ddim", 50), ("dpm_solver++", 20))
@@ -233,6 +238,10 @@ def main(argv):
   del argv
   config = _CONFIG.value
   batch_size = _BATCH.value or config.training.batch_size
+  accum = config.training.grad_accum_steps
+  cpu_devices.set_cpu_devices(
+    _CPU_DEVICES.value, cpu_devices.micro_batches_split(batch_size, accum)
+  )
   bench = _TrainBench(config, batch_size)
   bench.run(1)  # the first run of a compiled program allocates its buffers
   steps = bench.whole_calls(_TRAIN_STEPS.value)

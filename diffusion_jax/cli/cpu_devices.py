@@ -11,7 +11,6 @@ it before JAX starts its backends; it does nothing on GPUs and TPUs, whose devic
 import os
 
 import jax
-import ml_collections
 
 FORCE_FLAG = "--xla_force_host_platform_device_count"
 
@@ -27,9 +26,9 @@ def automatic_count(batches_split: bool, cores: int) -> int:
   return 2 if cores >= 2 and batches_split else 1
 
 
-def training_batches_split(config: ml_collections.ConfigDict) -> bool:
+def micro_batches_split(batch_size: int, grad_accum_steps: int = 1) -> bool:
   """Whether each of training's micro-batches (batch_size / grad_accum_steps) splits in two."""
-  return config.training.batch_size % (2 * config.training.grad_accum_steps) == 0
+  return batch_size % (2 * grad_accum_steps) == 0
 
 
 def set_cpu_devices(requested: int | None, batches_split: bool = True) -> int | None:

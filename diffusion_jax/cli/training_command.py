@@ -35,7 +35,10 @@ def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.quiet_library_logs()
     try:
-      initialize_devices(cpu_devices.training_batches_split(config.value))
+      training = config.value.training
+      initialize_devices(
+        cpu_devices.micro_batches_split(training.batch_size, training.grad_accum_steps)
+      )
       train(config.value, workdir.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
       print(f"error: {e}", file=sys.stderr)
