@@ -52,7 +52,10 @@ _SCORE = flags.DEFINE_bool("score", True, "Time the FID Inception network.")
 _SCORE_BATCH = flags.DEFINE_integer("score_batch", 64, "Images per Inception batch.")
 _VS_TORCH = flags.DEFINE_bool("vs_torch", False, "Time diffusers' UNet2DModel alongside.")
 _CPU_DEVICES = flags.DEFINE_integer(
-  "cpu_devices", None, "CPU devices, as train.py's --cpu_devices (default: as train.py chooses)."
+  "cpu_devices",
+  None,
+  "CPU devices, as train.py's --cpu_devices (default: as train.py chooses).",
+  lower_bound=1,
 )
 flags.mark_flag_as_required("config")
 

@@ -1,5 +1,5 @@
 """Latent diffusion on CIFAR-10: configs/cifar10.py's DDPM on the 16x16x4 latents of a
-configs/cifar10_autoencoder.py run (f = 2), encoded once into a latent cache in the run's workdir.
+configs/cifar10_autoencoder.py run (f = 2), encoded once into a latent cache beside the run.
 For GPUs; not trained or measured here.
 
 python train.py --config=configs/cifar10_autoencoder.py --workdir=runs/cifar10_autoencoder

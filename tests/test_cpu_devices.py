@@ -27,14 +27,30 @@ def test_training_batches_split_where_each_micro_batch_halves(batch_size, grad_a
   assert cpu_devices.micro_batches_split(batch_size, grad_accum_steps) == split
 
 
-def test_xla_flags_device_count_is_left_alone(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", f"{cpu_devices.FORCE_FLAG}=4")
+@pytest.mark.parametrize(
+  "variable, value", [("XLA_FLAGS", f"{cpu_devices.FORCE_FLAG}=4"), ("JAX_NUM_CPU_DEVICES", "4")]
+)
+def test_a_count_the_environment_sets_is_left_alone(monkeypatch, variable, value):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setenv(variable, value)
   assert cpu_devices.set_cpu_devices(None) is None
-  with pytest.raises(ValueError, match="--cpu_devices and XLA_FLAGS' --xla_force_host_platform"):
+  with pytest.raises(ValueError, match="--cpu_devices and the environment"):
     cpu_devices.set_cpu_devices(3)
-  # As train.py says it.
+
+
+def test_train_py_splits_the_cpu_and_says_so(tmp_path):
+  if cpu_devices.available_cores() < 2:
+    pytest.skip("the automatic split needs 2 cores")
+  args = [
+    "--config=configs/toy2d.py",
+    f"--workdir={tmp_path}",
+    "--config.training.num_train_steps=0",
+  ]
+  proc = run_script("train.py", *args, check=True, env={"XLA_FLAGS": ""})
+  assert "the CPU runs as 2 devices" in proc.stderr, proc.stderr[-3000:]
+  # With the tests' XLA_FLAGS, an explicit count is an error of one line.
   args = ["--config=configs/digits.py", "--workdir=/nonexistent/run", "--cpu_devices=3"]
-  assert_fails_cleanly(run_script("train.py", *args), "--cpu_devices and XLA_FLAGS'")
+  assert_fails_cleanly(run_script("train.py", *args), "--cpu_devices and the environment")
 
 
 @pytest.mark.parametrize("requested, devices", [(None, 2), (3, 3)])

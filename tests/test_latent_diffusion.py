@@ -30,21 +30,23 @@ from tests import tiny_configs
 def test_latent_run_resumes_exactly_trains_alike_on_a_cache_and_samples_images(
   tmp_path, autoencoder_dir
 ):
+  # Flipped digits: the mirror images' latents, encoded in the step or read from the cache.
+  config = tiny_configs.digits_latent(autoencoder_dir)
+  config.data.random_flip = True
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  state = train_loop.train_and_evaluate(tiny_configs.digits_latent(autoencoder_dir), straight)
+  state = train_loop.train_and_evaluate(config, straight)
   # The U-Net sees 2-channel latents.
   assert state.params["conv_in"]["kernel"].shape[2] == 2
   scale = run_config.load_config(straight).data.latent_scale
   assert scale > 0
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "2"))
-  again = train_loop.train_and_evaluate(tiny_configs.digits_latent(autoencoder_dir), resumed)
+  again = train_loop.train_and_evaluate(config, resumed)
   same = jax.tree.map(np.array_equal, jax.device_get(again.params), jax.device_get(state.params))
   assert all(jax.tree.leaves(same))
   assert run_config.load_config(resumed).data.latent_scale == scale
 
   # A run on cached latents: the same batches, encoded by another program, so equal to rounding.
-  config = tiny_configs.digits_latent(autoencoder_dir)
   config.data.latent_cache = str(tmp_path / "cache")
   caching = train_loop.train_and_evaluate(config, str(tmp_path / "caching"))
   assert os.path.isfile(tmp_path / "cache" / "latents_00000.npy")

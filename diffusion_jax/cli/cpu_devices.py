@@ -16,8 +16,10 @@ FORCE_FLAG = "--xla_force_host_platform_device_count"
 
 
 def available_cores() -> int:
-  """The cores this process may run on."""
-  return len(os.sched_getaffinity(0))
+  """The cores this process may run on (all the machine's where the OS cannot say, as on macOS)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def automatic_count(batches_split: bool, cores: int) -> int:
@@ -33,14 +35,18 @@ def micro_batches_split(batch_size: int, grad_accum_steps: int = 1) -> bool:
 
 def set_cpu_devices(requested: int | None, batches_split: bool = True) -> int | None:
   """Makes XLA's CPU client `requested` devices, or automatic_count's when None; call it before
-  anything touches a device. Returns the count set, or None where XLA_FLAGS sets it already.
+  anything touches a device. Returns the count set, or None where the environment sets it
+  already (XLA_FLAGS' FORCE_FLAG or JAX_NUM_CPU_DEVICES).
 
   Raises:
-    ValueError: a count is requested and XLA_FLAGS sets one too.
+    ValueError: a count is requested and the environment sets one too.
   """
-  if FORCE_FLAG in os.environ.get("XLA_FLAGS", ""):
+  if FORCE_FLAG in os.environ.get("XLA_FLAGS", "") or os.environ.get("JAX_NUM_CPU_DEVICES"):
     if requested is not None:
-      raise ValueError(f"--cpu_devices and XLA_FLAGS' {FORCE_FLAG} both set the CPU devices")
+      raise ValueError(
+        f"--cpu_devices and the environment (XLA_FLAGS' {FORCE_FLAG} or JAX_NUM_CPU_DEVICES) "
+        "both set the CPU devices"
+      )
     return None
   count = requested or automatic_count(batches_split, available_cores())
   jax.config.update("jax_num_cpu_devices", count)

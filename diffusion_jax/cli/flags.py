@@ -112,7 +112,8 @@ def define_device_flags() -> Callable[..., None]:
     "cpu_devices",
     None,
     "Devices XLA's CPU client makes, each taking a share of every batch (default: 2 with 2 or more "
-    "cores where training's micro-batches split in two, else 1). Unused on GPUs and TPUs.",
+    "cores where training's micro-batches split in two, in a one-process run; else 1). Unused on "
+    "GPUs and TPUs.",
     lower_bound=1,
   )
   distributed = flags.DEFINE_bool(
@@ -134,8 +135,14 @@ def define_device_flags() -> Callable[..., None]:
   )
 
   def initialize(batches_split: bool = True) -> None:
-    split = cpu_devices.set_cpu_devices(cpu_count.value, batches_split)
-    _join_run(distributed.value, address.value, num_processes.value, process_id.value)
+    joins = distributed.value or any(
+      value is not None for value in (address.value, num_processes.value, process_id.value)
+    )
+    # Several processes split the batch already; one that splits its CPU too multiplies the
+    # device count the batch must divide by, so that is left to an explicit --cpu_devices.
+    split = cpu_devices.set_cpu_devices(cpu_count.value, batches_split and not joins)
+    if joins:
+      _join_run(address.value, num_processes.value, process_id.value)
     logging.info("devices: %s", jax.devices())
     if split and split > 1 and jax.default_backend() == "cpu":
       logging.info(
@@ -145,10 +152,8 @@ def define_device_flags() -> Callable[..., None]:
   return initialize
 
 
-def _join_run(distributed: bool, address: str | None, num_processes, process_id) -> None:
-  """jax.distributed.initialize with what the flags give, when they give anything."""
-  if not distributed and all(value is None for value in (address, num_processes, process_id)):
-    return
+def _join_run(address: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """jax.distributed.initialize with what the flags give (None: what it detects)."""
   # Only the CPU backend reads this, so it is harmless on accelerators; without a cross-process
   # implementation (older JAX releases default to none), CPU computations spanning processes fail.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

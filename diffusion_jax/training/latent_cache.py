@@ -14,6 +14,7 @@ the folder must then be on a filesystem they all see (as the workdir is).
 import hashlib
 import json
 import os
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +73,18 @@ def build(
   manifest = _manifest(config, space, examples, shard_size)
   _check_or_write_manifest(folder, manifest)
   num_shards = -(-examples.num_examples // shard_size)
-  missing = [k for k in range(num_shards) if not os.path.exists(_latents_path(folder, k))]
-  mine = missing[jax.process_index() :: jax.process_count()]
+  # Shares by index, not by what is on disk: processes that look at different moments agree.
+  mine = [
+    k
+    for k in range(jax.process_index(), num_shards, jax.process_count())
+    if not os.path.exists(_latents_path(folder, k))
+  ]
   count = sum(len(_shard_indices(k, manifest)) for k in mine)
+  # One device's copy of the params: each process encodes its own shards, a different number of
+  # programs on each, which a program spanning the processes' devices must not be.
+  local_params = jax.tree.map(
+    lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, space.params
+  )
   with tqdm.tqdm(total=count, desc="encode latents", unit="image", disable=not mine) as bar:
     for k in mine:
       indices = _shard_indices(k, manifest)
@@ -83,14 +93,15 @@ def build(
         _save_atomically(_labels_path(folder, k), labels)
       else:
         x = examples.load(indices)
-      z = _posterior_means(space, x, batch_size)
+      z = _posterior_means(space.vae, local_params, x, batch_size)
       if manifest["mirrored"]:
-        z = np.stack([z, _posterior_means(space, x[:, :, ::-1], batch_size)], axis=1)
+        mirrored = _posterior_means(space.vae, local_params, x[:, :, ::-1], batch_size)
+        z = np.stack([z, mirrored], axis=1)
       _save_atomically(_latents_path(folder, k), z)
       bar.update(len(indices))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("latent cache written")
-  absent = [k for k in missing if not os.path.exists(_latents_path(folder, k))]
+  absent = [k for k in range(num_shards) if not os.path.exists(_latents_path(folder, k))]
   if absent:
     raise ValueError(
       f"data.latent_cache {folder} misses shard {absent[0]} after every process wrote its share; "
@@ -153,22 +164,21 @@ def _params_digest(params: dict) -> str:
 
 
 def _check_or_write_manifest(folder: str, manifest: dict) -> None:
+  """Process 0 writes the manifest where there is none; then every process compares it."""
   path = os.path.join(folder, MANIFEST)
-  if os.path.exists(path):
-    with open(path) as f:
-      found = json.load(f)
-    differ = sorted(k for k in manifest.keys() | found.keys() if manifest.get(k) != found.get(k))
-    if differ:
-      raise ValueError(
-        f"data.latent_cache {folder} holds the latents of other data or another autoencoder "
-        f"({', '.join(differ)} differ); give another folder or delete this one"
-      )
-    return
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not os.path.exists(path):
     os.makedirs(folder, exist_ok=True)
     _save_atomically(path, json.dumps(manifest, indent=2, sort_keys=True).encode())
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("latent cache manifest written")
+    multihost_utils.sync_global_devices("latent cache manifest")
+  with open(path) as f:
+    found = json.load(f)
+  differ = sorted(k for k in manifest.keys() | found.keys() if manifest.get(k) != found.get(k))
+  if differ:
+    raise ValueError(
+      f"data.latent_cache {folder} holds the latents of other data or another autoencoder "
+      f"({', '.join(differ)} differ); give another folder or delete this one"
+    )
 
 
 def _shard_indices(k: int, manifest: dict) -> np.ndarray:
@@ -176,14 +186,14 @@ def _shard_indices(k: int, manifest: dict) -> np.ndarray:
   return np.arange(k * size, min((k + 1) * size, manifest["num_examples"]))
 
 
-def _posterior_means(space: latent_space.LatentSpace, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _posterior_means(vae, params: dict, x: np.ndarray, batch_size: int) -> np.ndarray:
   """The posterior means of x [n, H, W, C], batch_size at a time; the last batch is padded to
   batch_size so that one compiled program encodes them all."""
   means = []
   for start in range(0, len(x), batch_size):
     batch = x[start : start + batch_size]
     padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-    means.append(np.asarray(latent_space.posterior_mean(space.vae, space.params, padded)))
+    means.append(np.asarray(latent_space.posterior_mean(vae, params, padded)))
   return np.concatenate(means)[: len(x)]
 
 
@@ -197,7 +207,8 @@ def _labels_path(folder: str, k: int) -> str:
 
 def _save_atomically(path: str, content: np.ndarray | bytes) -> None:
   """Writes an array (.npy) or bytes beside path, then renames it: path is whole or absent."""
-  tmp = f"{path}.{os.getpid()}.tmp"
+  # Named by host and process, so that two writers never share a temporary file.
+  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
   try:
     with open(tmp, "wb") as f:
       if isinstance(content, bytes):

@@ -205,13 +205,13 @@ def _step_kwargs(config: ml_collections.ConfigDict, model: nn.Module, sched: Sch
   )
 
 
-def _jit_for_mesh(steps, labeled: bool, mesh, batch_sharding, frozen: bool = False):
+def _jit_for_mesh(steps, labeled: bool, mesh, batch_sharding, with_frozen: bool = False):
   """jit with the state replicated and donated, the key replicated, the images and any labels (a
-  class-conditional model's, the last argument) split as batch_sharding says, and with `frozen` a
+  class-conditional model's, the last argument) split as batch_sharding says, and with_frozen a
   replicated fourth argument before the labels."""
   replicated = sharding.replicated(mesh)
   in_shardings = (replicated, batch_sharding, replicated)
-  if frozen:
+  if with_frozen:
     in_shardings += (replicated,)
   if labeled:
     in_shardings += (batch_sharding,)
@@ -241,6 +241,8 @@ def make_train_steps(
   (bool [B], None unless data.random_flip) says which examples to mirror, and frozen (the encoder's
   params, say) is an argument of the program rather than constants compiled into it.
   """
+  if (latents_of is None) != (frozen is None):
+    raise ValueError("make_train_steps takes latents_of and frozen together, or neither")
   kwargs = _step_kwargs(config, model, sched, mesh)
   labeled = models.num_classes_of(model) > 0
   if latents_of is None:
