@@ -233,7 +233,8 @@ def test_a_latent_cache_without_an_autoencoder_is_refused():
 
 def test_a_latent_run_on_a_converted_vae_uses_its_released_scale(tmp_path):
   """The diffusers fixture (RGB, f = 4, scaling_factor 0.18215) as the autoencoder run of latent
-  diffusion on 16x16 RGB images from an .npz, through the latent cache."""
+  diffusion on 16x16 RGB images from an .npz: the run takes the released scale, and its cache holds
+  the fixture's posterior means."""
   fixture = os.path.join(os.path.dirname(__file__), "fixtures", "diffusers_vae_tiny", "model")
   vae_config, params = diffusers_autoencoder.load_diffusers_autoencoder(fixture)
   imported_run.write_run(str(tmp_path / "vae"), vae_config, params, writer="test")
@@ -247,12 +248,10 @@ def test_a_latent_run_on_a_converted_vae_uses_its_released_scale(tmp_path):
     num_channels=3,
     latent_cache=str(tmp_path / "cache"),
   )
-  state = train_loop.train_and_evaluate(config, str(tmp_path / "run"))
-  assert state.params["conv_in"]["kernel"].shape[2] == 2  # the VAE's latent channels
-  assert run_config.load_config(str(tmp_path / "run")).data.latent_scale == 0.18215
-  run = run_loading.load_run(str(tmp_path / "run"))
-  assert run.example_shape == (4, 4, 2) and run.data_shape == (16, 16, 3)
-  cached = np.load(tmp_path / "cache" / "latents_00000.npy")
+  space, recorded = latent_space.open_for_training(config, str(tmp_path / "run"), None)
+  assert space.scale == recorded.data.latent_scale == 0.18215
+  assert space.latent_shape((16, 16, 3)) == (4, 4, 2)  # the VAE's f and latent channels
+  cached = latent_cache.cached_dataset(recorded, space, 8)
   x = data.create_examples(config.data, 0).load(np.arange(24))
-  means = latent_space.posterior_mean(run.latents.vae, run.latents.params, x)
-  np.testing.assert_allclose(cached, means, rtol=1e-5, atol=1e-5)  # unscaled, no mirrors
+  means = latent_space.posterior_mean(space.vae, space.params, x)
+  np.testing.assert_allclose(cached.examples_at(list(range(24))), means, rtol=1e-5, atol=1e-5)
