@@ -255,3 +255,15 @@ def test_a_latent_run_on_a_converted_vae_uses_its_released_scale(tmp_path):
   x = data.create_examples(config.data, 0).load(np.arange(24))
   means = latent_space.posterior_mean(space.vae, space.params, x)
   np.testing.assert_allclose(cached.examples_at(list(range(24))), means, rtol=1e-5, atol=1e-5)
+
+
+def test_a_resumed_run_that_may_not_continue_stops_before_encoding(tmp_path, autoencoder_dir):
+  config = tiny_configs.digits_latent(autoencoder_dir)
+  recorded = config.copy_and_resolve_references()
+  recorded.model.ch = 16
+  recorded.data.latent_scale = 0.5  # as a started run records it
+  run_config.save_config(str(tmp_path / "run"), recorded)
+  config.data.latent_cache = str(tmp_path / "cache")
+  with pytest.raises(ValueError, match=r"holds a different config \(changed: model\.ch\)"):
+    train_loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "cache")

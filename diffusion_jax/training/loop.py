@@ -255,6 +255,8 @@ def _train(
     shape = space.latent_shape(ds.example_shape)
     to_images = lambda z: space.decode_batches(z, config.sampling.batch_size)
     if config.data.latent_cache:
+      # A resumed run that may not continue stops here, before a long encode, not after it.
+      run_config.check_resumable(workdir, config, mutable=_MUTABLE_ON_RESUME)
       train_ds = latent_cache.cached_dataset(
         config, space, training.batch_size, labeled=num_classes > 0
       )

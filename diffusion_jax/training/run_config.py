@@ -30,17 +30,8 @@ def save_config(
   """
   path = os.path.join(workdir, CONFIG_FILENAME)
   new = json.loads(json.dumps(config.to_dict()))
-  if os.path.exists(path):
-    # Fields either side lacks (recorded before they existed) count as their defaults.
-    old = _with_defaults(_read_config_json(path))
-    changed = _changed_keys(flatten(old), flatten(_with_defaults(new)))
-    if not changed:
-      return
-    frozen = [k for k in changed if not any(k == m or k.startswith(f"{m}.") for m in mutable)]
-    if frozen:
-      raise ValueError(
-        f"{path} holds a different config (changed: {', '.join(frozen)}); use another workdir"
-      )
+  if os.path.exists(path) and not check_resumable(workdir, config, mutable=mutable):
+    return
   os.makedirs(workdir, exist_ok=True)
   # Write beside the target and rename, so a crash never leaves a half-written config.json.
   fd, tmp_path = tempfile.mkstemp(dir=workdir, prefix=f".{CONFIG_FILENAME}.", suffix=".tmp")
@@ -55,6 +46,29 @@ def save_config(
   except BaseException:
     os.unlink(tmp_path)
     raise
+
+
+def check_resumable(
+  workdir: str, config: ml_collections.ConfigDict, *, mutable: tuple[str, ...] = ()
+) -> bool:
+  """Whether config differs from `<workdir>/config.json`, if there is one (see `save_config`).
+
+  Raises:
+    ValueError: it differs outside the `mutable` groups and fields.
+  """
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return False
+  # Fields either side lacks (recorded before they existed) count as their defaults.
+  old = _with_defaults(_read_config_json(path))
+  new = json.loads(json.dumps(config.to_dict()))
+  changed = _changed_keys(flatten(old), flatten(_with_defaults(new)))
+  frozen = [k for k in changed if not any(k == m or k.startswith(f"{m}.") for m in mutable)]
+  if frozen:
+    raise ValueError(
+      f"{path} holds a different config (changed: {', '.join(frozen)}); use another workdir"
+    )
+  return bool(changed)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
