@@ -144,3 +144,22 @@ def get_config() -> ml_collections.ConfigDict:
   ev.steps = 0  # quick evaluation's sampler steps; 0 = config.sampling.steps
   config.lock()
   return config
+
+
+def ldm_autoencoder_training(config: ml_collections.ConfigDict, batch_size: int) -> None:
+  """Sets config's training to LDM's recipe for a KL autoencoder at scale: whole batches, 100k
+  steps, l1 + 1e-6 KL (no perceptual or adversarial term), EMA 0.999, LDM's base rate times the
+  batch size, and no quick evaluation (the diffusion run's draws samples; there are none here)."""
+  config.training.update(
+    batch_size=batch_size,
+    grad_accum_steps=1,
+    num_train_steps=100_000,
+    ema_decay=0.999,
+    checkpoint_every=10_000,
+    sample_every=10_000,
+    num_sample_images=batch_size // 2,
+    reconstruction_loss="l1",
+    kl_weight=1e-6,
+  )
+  config.optim.learning_rate = 4.5e-6 * batch_size
+  config.eval.every_steps = 0

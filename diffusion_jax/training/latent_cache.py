@@ -187,14 +187,10 @@ def _shard_indices(k: int, manifest: dict) -> np.ndarray:
 
 
 def _posterior_means(vae, params: dict, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """The posterior means of x [n, H, W, C], batch_size at a time; the last batch is padded to
-  batch_size so that one compiled program encodes them all."""
-  means = []
-  for start in range(0, len(x), batch_size):
-    batch = x[start : start + batch_size]
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-    means.append(np.asarray(latent_space.posterior_mean(vae, params, padded)))
-  return np.concatenate(means)[: len(x)]
+  """The posterior means of x [n, H, W, C], batch_size at a time."""
+  return latent_space.in_batches(
+    lambda batch: latent_space.posterior_mean(vae, params, batch), x, batch_size
+  )
 
 
 def _latents_path(folder: str, k: int) -> str:

@@ -46,11 +46,11 @@ class LatentSpace:
 
   def encode_batches(self, x_NxHxWxC: np.ndarray, batch_size: int) -> np.ndarray:
     """Scaled latents of the host's images, batch_size at a time; float32 [N, H/f, W/f, c]."""
-    return _in_batches(self.encode, x_NxHxWxC, batch_size)
+    return in_batches(self.encode, x_NxHxWxC, batch_size)
 
   def decode_batches(self, z_Nxhxwxc: np.ndarray, batch_size: int) -> np.ndarray:
     """Images D(z / scale) of the host's latents, batch_size at a time; float32 [N, H, W, C]."""
-    return _in_batches(
+    return in_batches(
       lambda z: decoded(self.vae, self.params, z / self.scale), z_Nxhxwxc, batch_size
     )
 
@@ -60,10 +60,16 @@ class LatentSpace:
     return (image_shape[0] // f, image_shape[1] // f, self.vae.latent_channels)
 
 
-def _in_batches(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn of x, batch_size examples at a time, on the host as float32."""
-  chunks = range(0, len(x), batch_size)
-  return np.concatenate([np.asarray(fn(x[i : i + batch_size]), np.float32) for i in chunks])
+def in_batches(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn of x, batch_size examples at a time (all of x when fewer), on the host as float32; the last
+  batch is padded to the others' size, so that one compiled program serves every batch."""
+  size = min(batch_size, len(x))
+  outputs = []
+  for start in range(0, len(x), size):
+    batch = x[start : start + size]
+    padded = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+    outputs.append(np.asarray(fn(padded), np.float32)[: len(batch)])
+  return np.concatenate(outputs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
