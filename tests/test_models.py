@@ -12,7 +12,12 @@ import pytest
 
 from diffusion_jax.configs import cifar10, default, toy2d
 from diffusion_jax.models import MLP, UNet, create_model
-from diffusion_jax.models.layers import GN_EPSILON, GroupNorm, timestep_embedding
+from diffusion_jax.models.layers import (
+  GN_EPSILON,
+  GroupNorm,
+  single_head_attention,
+  timestep_embedding,
+)
 from diffusion_jax.models.unet import AttnBlock
 
 
@@ -390,11 +395,20 @@ def test_create_model_rejects_bad_config(overrides, message):
 
 
 @pytest.mark.parametrize(
-  "shape, groups, offset", [((2, 4, 4, 8), 4, 0.0), ((3, 8, 8, 16), 8, 3.0), ((2, 5, 6), 2, -1.0)]
+  "shape, groups, offset, constant_group",
+  [
+    ((2, 4, 4, 8), 4, 0.0, False),
+    ((3, 8, 8, 16), 8, 3.0, False),
+    ((2, 5, 6), 2, -1.0, False),
+    ((2, 4, 4, 8), 4, 0.0, True),  # zero variance: GN(x) = bias there
+  ],
 )
-def test_group_norm_matches_flax_values_and_gradients(shape, groups, offset):
+def test_group_norm_matches_flax_values_and_gradients(shape, groups, offset, constant_group):
+  """Values and the hand-written gradient (x, scale, bias) against flax's GroupNorm's autodiff."""
   rng = np.random.default_rng(0)
   x = offset + 2.0 * rng.standard_normal(shape).astype(np.float32)
+  if constant_group:
+    x[0, ..., : shape[-1] // groups] = 0.5  # exact sums: the variance is exactly 0
   params = {
     "scale": rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32),
     "bias": rng.standard_normal(shape[-1]).astype(np.float32),
@@ -423,3 +437,25 @@ def test_group_norm_matches_flax_values_and_gradients(shape, groups, offset):
 def test_group_norm_rejects_groups_that_do_not_divide_channels():
   with pytest.raises(ValueError, match="3 groups do not divide 8 channels"):
     GroupNorm(3).init(jax.random.key(0), jnp.zeros((1, 2, 2, 8)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cpu_attention_equals_dot_product_attention(dtype):
+  """The CPU's einsum form computes what jax.nn.dot_product_attention does, gradients included."""
+  rng = np.random.default_rng(1)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 64, 16)), dtype) for _ in range(3))
+  dpa = lambda q, k, v: jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])[
+    :, :, 0
+  ]
+  ours = jax.jit(single_head_attention)(q, k, v)
+  theirs = jax.jit(dpa)(q, k, v)
+  assert ours.dtype == theirs.dtype == dtype
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(theirs, np.float32), atol=tol)
+  grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) ** 2), (0, 1, 2)))
+  for g_ours, g_theirs in zip(
+    grads(single_head_attention)(q, k, v), grads(dpa)(q, k, v), strict=True
+  ):
+    np.testing.assert_allclose(
+      np.asarray(g_ours, np.float32), np.asarray(g_theirs, np.float32), atol=tol * 10
+    )

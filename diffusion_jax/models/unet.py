@@ -14,6 +14,7 @@ from diffusion_jax.models.layers import (
   default_init,
   group_norm,
   label_embedding,
+  single_head_attention,
   timestep_embedding,
 )
 
@@ -103,10 +104,8 @@ class AttnBlock(nn.Module):
     dense = lambda name, scale=1.0: nn.Dense(
       C, kernel_init=default_init(scale), dtype=self.dtype, name=name
     )
-    # One head: [B, N, 1, C], the layout of jax.nn.dot_product_attention.
-    q, k, v = (dense(n)(h_BxNxC)[:, :, None, :] for n in "qkv")
-    # softmax(q k^T / sqrt(C)) v, with float32 logits and softmax whatever the input dtype.
-    h_BxNxC = jax.nn.dot_product_attention(q, k, v)[:, :, 0, :]
+    q_BxNxC, k_BxNxC, v_BxNxC = (dense(n)(h_BxNxC) for n in "qkv")
+    h_BxNxC = single_head_attention(q_BxNxC, k_BxNxC, v_BxNxC)
     h_BxNxC = dense("proj_out", ZERO_ISH_SCALE)(h_BxNxC)
     return x_BxHxWxC + h_BxNxC.reshape(B, H, W, C)
 
