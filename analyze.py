@@ -22,7 +22,7 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from diffusion_jax import images
 from diffusion_jax.cli import analysis_commands, logs
@@ -110,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

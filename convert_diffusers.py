@@ -94,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

@@ -26,7 +26,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from diffusion_jax import figures, images, samplers
 from diffusion_jax.cli import edit_commands, logs, sample_outputs
@@ -136,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

@@ -5,8 +5,6 @@ model is an autoencoder_kl trains latent diffusion's autoencoder instead:
 python train.py --config=configs/digits_autoencoder.py --workdir=runs/digits_autoencoder
 """
 
-from absl import app
-
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.cli import training_command
 from diffusion_jax.training import autoencoder_loop, loop
@@ -22,4 +20,4 @@ def _train(config, workdir: str) -> None:
 main = training_command.define_main(_train, "Directory for checkpoints, metrics and samples.")
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

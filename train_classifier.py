@@ -4,8 +4,6 @@ python train_classifier.py --config=configs/digits_classifier.py --workdir=runs/
 Then: python sample.py --workdir=runs/digits --classifier=runs/digits_classifier --per_class=8
 """
 
-from absl import app
-
 from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.cli import training_command
 from diffusion_jax.training import classifier_loop
@@ -15,4 +13,4 @@ main = training_command.define_main(
 )
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

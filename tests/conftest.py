@@ -1,10 +1,13 @@
-"""Test setup: four simulated CPU devices (so the sharded paths run), strict rank promotion, and a
-private cache folder (reference statistics, the digits classifier) instead of the user's."""
+"""Test setup: four simulated CPU devices (so the sharded paths run), the scripts' CPU backend
+settings, strict rank promotion, and a private cache folder (reference statistics, the digits
+classifier) instead of the user's."""
 
 import atexit
 import os
 import shutil
 import tempfile
+
+from diffusion_jax.cli import host_memory
 
 # Subprocesses started by the CLI tests inherit this, so they see the same four devices.
 os.environ["XLA_FLAGS"] = (
@@ -15,10 +18,16 @@ os.environ["DIFFUSION_JAX_CACHE"] = tempfile.mkdtemp(prefix="diffusion_jax_test_
 atexit.register(shutil.rmtree, os.environ["DIFFUSION_JAX_CACHE"], ignore_errors=True)
 # NumPy's and SciPy's BLAS each start a thread per core; on small CPUs they starve one another.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The scripts the CLI tests start would each restart to get huge pages; they start with them.
+if (tunables := host_memory.tunables_with_huge_pages()) is not None:
+  os.environ["GLIBC_TUNABLES"] = tunables
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from diffusion_jax.cli import cpu_backend  # noqa: E402
+
+cpu_backend.use_eigen_convolutions()  # as the scripts run
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 

@@ -13,18 +13,22 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 
 from diffusion_jax import samplers
-from diffusion_jax.cli import cpu_devices
+from diffusion_jax.cli import cpu_backend, host_memory
 from diffusion_jax.samplers import ancestral, timesteps
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad flag or a mistyped or ill-typed --config override in one line.
+def run(main: Callable[[list[str]], None]) -> None:
+  """An entry script's `absl.app.run(main)`, parsing with parse_flags, in a process restarted
+  once with huge pages for its host memory (`host_memory.restart_with_huge_pages`)."""
+  host_memory.restart_with_huge_pages()
+  app.run(main, flags_parser=parse_flags)
 
-  Pass it to `absl.app.run(main, flags_parser=parse_flags)`.
-  """
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag or a mistyped or ill-typed --config override in one line."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -104,16 +108,17 @@ def define_device_flags() -> Callable[..., None]:
   --num_processes --process_id.
 
   Returns:
-    initialize(batches_split=True): splits a CPU into devices (`cpu_devices.set_cpu_devices`;
-    batches_split says whether the script's batches split in two) and joins the run the
-    multi-process flags describe, if any. Call it before anything touches a device.
+    initialize(batches_split=True): sets up XLA's CPU backend (`cpu_backend`: its devices,
+    batches_split saying whether the script's batches split in two, and its convolutions) and
+    joins the run the multi-process flags describe, if any. Call it before anything touches a
+    device.
   """
   cpu_count = flags.DEFINE_integer(
     "cpu_devices",
     None,
     "Devices XLA's CPU client makes, each taking a share of every batch (default: 2 with 2 or more "
-    "cores where training's micro-batches split in two, in a one-process run; else 1). Unused on "
-    "GPUs and TPUs.",
+    "cores where training's micro-batches split in halves of 8 or more examples, in a one-process "
+    "run; else 1). Unused on GPUs and TPUs.",
     lower_bound=1,
   )
   distributed = flags.DEFINE_bool(
@@ -140,7 +145,8 @@ def define_device_flags() -> Callable[..., None]:
     )
     # Several processes split the batch already; one that splits its CPU too multiplies the
     # device count the batch must divide by, so that is left to an explicit --cpu_devices.
-    split = cpu_devices.set_cpu_devices(cpu_count.value, batches_split and not joins)
+    split = cpu_backend.set_cpu_devices(cpu_count.value, batches_split and not joins)
+    cpu_backend.use_eigen_convolutions()
     if joins:
       _join_run(address.value, num_processes.value, process_id.value)
     logging.info("devices: %s", jax.devices())

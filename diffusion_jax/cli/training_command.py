@@ -9,7 +9,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion_jax.cli import cpu_devices, logs
+from diffusion_jax.cli import cpu_backend, logs
 from diffusion_jax.cli import flags as cli_flags
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], Any]
@@ -23,7 +23,7 @@ def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None
     workdir_help: what --workdir holds, for --help.
 
   Returns:
-    main(argv) for `absl.app.run(main, flags_parser=cli_flags.parse_flags)`.
+    main(argv) for `cli_flags.run(main)`.
   """
   config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
@@ -37,7 +37,7 @@ def define_main(train: TrainFn, workdir_help: str) -> Callable[[list[str]], None
     try:
       training = config.value.training
       initialize_devices(
-        cpu_devices.micro_batches_split(training.batch_size, training.grad_accum_steps)
+        cpu_backend.micro_batches_split(training.batch_size, training.grad_accum_steps)
       )
       train(config.value, workdir.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
