@@ -4,7 +4,8 @@ python benchmarks/benchmark.py --config=configs/cifar10.py --batch_size=128 --pe
 python benchmarks/benchmark.py --config=configs/cifar10.py --config.model.ch=64 --batch_size=8 \\
   --vs_torch --sample=false --score=false        # against diffusers' UNet2DModel, same machine
 
-The devices are train.py's: on a CPU, two devices where it has 2 or more cores (--cpu_devices).
+The process is set up as train.py's: on a CPU, the same devices (--cpu_devices), convolutions and
+huge pages (diffusion_jax.cli.cpu_backend, host_memory).
 Training runs the jitted train step on synthetic batches of the config's shape (the network's
 compute; the input pipeline runs ahead in background threads in train.py). Model TFLOP/s comes
 from XLA's cost analysis of the compiled step; MFU divides it by --peak_tflops (the device's
@@ -16,22 +17,25 @@ images/s of its full chain (ancestral 1000 steps, DDIM 50, DPM-Solver++ 20), ext
 the timed steps and marked `~` when fewer than the chain's. Scoring times the FID Inception network
 (random weights cost the compute of the real ones) on uint8 images of the config's size.
 
---vs_torch builds diffusers' UNet2DModel with the same architecture, trains it with Adam on the
-same batch in the same process (both timed alternately, `--repeats` times), and prints the ratio
-of their median step times (> 1: JAX is faster). It needs torch and diffusers installed.
+--vs_torch builds diffusers' UNet2DModel with the same architecture and trains it with Adam on a
+batch of the same shape in a worker process; the two take turns, `--repeats` times, and the ratio
+of their median step times is printed (> 1: JAX is faster). It needs torch and diffusers.
 """
 
+import multiprocessing
+import os
 import resource
 import statistics
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from diffusion_jax import models, samplers, schedules, sharding
-from diffusion_jax.cli import cpu_devices
+from diffusion_jax.cli import cpu_backend, host_memory
+from diffusion_jax.cli import flags as cli_flags
 from diffusion_jax.evaluation import run_loading
 from diffusion_jax.metrics import feature_nets, inception
 from diffusion_jax.samplers import generation
@@ -167,13 +171,11 @@ def _scoring_row(config) -> str:
   return f"| {size} | {batch} | {compile_s:.1f} | {1 / per_image:.1f} | {50_000 * per_image:.0f} |"
 
 
-def _diffusers_twin(config):
-  """diffusers' UNet2DModel with our U-Net's architecture (the released DDPM models' layout)."""
-  from diffusers import UNet2DModel
-
+def _diffusers_twin_kwargs(config) -> dict:
+  """diffusers' UNet2DModel arguments for our U-Net's architecture (the released DDPM layout)."""
   m, size = config.model, config.data.image_size
   attn = [size // 2**i in m.attn_resolutions for i in range(len(m.ch_mult))]
-  return UNet2DModel(
+  return dict(
     sample_size=size,
     in_channels=config.data.num_channels,
     out_channels=config.data.num_channels,
@@ -191,20 +193,21 @@ def _diffusers_twin(config):
   )
 
 
-def _torch_rows(config, bench: _TrainBench, batch_size: int) -> list[str]:
-  """Median step times of ours and diffusers' twin, timed alternately in this process."""
+def _torch_worker(conn, twin_kwargs: dict, batch_size: int, learning_rate: float, abar) -> None:
+  """Trains diffusers' twin with Adam on a fixed batch: sends its version and parameter count,
+  then for each step count received, the mean seconds per step of that many (0 ends it)."""
   import torch
+  from diffusers import UNet2DModel
 
-  model = _diffusers_twin(config).train()
-  optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.learning_rate)
-  channels, size = config.data.num_channels, config.data.image_size
+  model = UNet2DModel(**twin_kwargs).train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+  channels, size = twin_kwargs["in_channels"], twin_kwargs["sample_size"]
   generator = torch.Generator().manual_seed(0)
   x0 = torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1
-  num_timesteps = config.diffusion.num_timesteps
-  abar = torch.tensor(np.asarray(schedules.schedule_from_config(config.diffusion).alphas_cumprod))
+  abar = torch.tensor(abar)
 
   def torch_step():
-    t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
+    t = torch.randint(0, len(abar), (batch_size,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
     a = abar[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -212,29 +215,58 @@ def _torch_rows(config, bench: _TrainBench, batch_size: int) -> list[str]:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss
 
   torch_step()  # warm-up (allocations, kernel choice)
-  steps = bench.whole_calls(_TRAIN_STEPS.value)
-  ours, theirs = [], []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(bench.run(steps))
-    ours.append((time.perf_counter() - start) / steps)
+  conn.send((torch.__version__, sum(p.numel() for p in model.parameters())))
+  while steps := conn.recv():
+    torch_step()  # untimed, as each of ours: the first step of a turn wakes the threads
     start = time.perf_counter()
     for _ in range(steps):
       torch_step()
-    theirs.append((time.perf_counter() - start) / steps)
-  num_torch_params = sum(p.numel() for p in model.parameters())
+    conn.send((time.perf_counter() - start) / steps)
+
+
+def _torch_rows(config, bench: _TrainBench, batch_size: int) -> list[str]:
+  """Median step times of ours and diffusers' twin, which runs in a worker process. The two take
+  turns, each idle while the other is timed (so that neither framework's threads or allocator
+  settle how the other runs, and both see the same load when the machine's changes), and each
+  turn begins with one untimed step, as a step after a pause runs slower."""
+  ctx = multiprocessing.get_context("spawn")
+  conn, worker_conn = ctx.Pipe()
+  abar = np.asarray(schedules.schedule_from_config(config.diffusion).alphas_cumprod)
+  args = (worker_conn, _diffusers_twin_kwargs(config), batch_size, config.optim.learning_rate, abar)
+  worker = ctx.Process(target=_torch_worker, args=args, daemon=True)
+  worker.start()
+  torch_version, num_torch_params = conn.recv()
+  steps = bench.whole_calls(_TRAIN_STEPS.value)
+  ours, theirs = [], []
+  for _ in range(_REPEATS.value):
+    jax.block_until_ready(bench.run(1))  # untimed: the first step of a turn wakes the threads
+    start = time.perf_counter()
+    jax.block_until_ready(bench.run(steps))
+    ours.append((time.perf_counter() - start) / steps)
+    conn.send(steps)
+    theirs.append(conn.recv())
+  conn.send(0)
+  worker.join()
   ours_ms, theirs_ms = 1000 * statistics.median(ours), 1000 * statistics.median(theirs)
   return [
     f"| JAX (this library) | {bench.num_params:,} | {ours_ms:.0f} | "
     + ", ".join(f"{1000 * s:.0f}" for s in ours)
     + " |",
-    f"| PyTorch {torch.__version__} + diffusers UNet2DModel | {num_torch_params:,} | "
+    f"| PyTorch {torch_version} + diffusers UNet2DModel | {num_torch_params:,} | "
     f"{theirs_ms:.0f} | " + ", ".join(f"{1000 * s:.0f}" for s in theirs) + " |",
     f"| ratio torch / JAX (> 1: JAX faster) | | {theirs_ms / ours_ms:.2f} | |",
   ]
+
+
+def _cpu_setup() -> str:
+  """What the CPU backend runs with (cpu_backend, host_memory); empty on accelerators."""
+  if jax.default_backend() != "cpu":
+    return ""
+  eigen = cpu_backend.EIGEN_CONVOLUTIONS in os.environ.get("XLA_FLAGS", "")
+  huge = f"{host_memory.TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "")
+  return f" ({'Eigen' if eigen else 'YNNPACK'} convolutions, {'2 MiB' if huge else '4 KiB'} pages)"
 
 
 def main(argv):
@@ -242,9 +274,10 @@ def main(argv):
   config = _CONFIG.value
   batch_size = _BATCH.value or config.training.batch_size
   accum = config.training.grad_accum_steps
-  cpu_devices.set_cpu_devices(
-    _CPU_DEVICES.value, cpu_devices.micro_batches_split(batch_size, accum)
+  cpu_backend.set_cpu_devices(
+    _CPU_DEVICES.value, cpu_backend.micro_batches_split(batch_size, accum)
   )
+  cpu_backend.use_eigen_convolutions()
   bench = _TrainBench(config, batch_size)
   bench.run(1)  # the first run of a compiled program allocates its buffers
   steps = bench.whole_calls(_TRAIN_STEPS.value)
@@ -259,7 +292,7 @@ def main(argv):
     f"{config.training.steps_per_call} steps per call"
   )
   name = config_flags.get_config_filename(flags.FLAGS["config"])
-  print(f"\n{device}, {name}, {bench.num_params:,} parameters, {options}\n")
+  print(f"\n{device}{_cpu_setup()}, {name}, {bench.num_params:,} parameters, {options}\n")
   print("| batch | compile s | train steps/s | images/s | model TFLOP/s | MFU | peak memory GiB |")
   print("|---|---|---|---|---|---|---|")
   print(
@@ -283,4 +316,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_flags.run(main)
