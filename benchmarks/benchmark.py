@@ -17,8 +17,9 @@ images/s of its full chain (ancestral 1000 steps, DDIM 50, DPM-Solver++ 20), ext
 the timed steps and marked `~` when fewer than the chain's. Scoring times the FID Inception network
 (random weights cost the compute of the real ones) on uint8 images of the config's size.
 
---vs_torch builds diffusers' UNet2DModel with the same architecture and trains it with Adam on a
-batch of the same shape in a worker process; the two take turns, `--repeats` times, and the ratio
+--vs_torch builds diffusers' UNet2DModel with the same architecture and trains it with Adam (or,
+with --torch_update=ours, clipping, Adam and an EMA, as our step does) on a batch of the same
+shape in a worker process; the two take turns, `--repeats` times, and the ratio
 of their median step times is printed (> 1: JAX is faster). It needs torch and diffusers.
 """
 
@@ -55,6 +56,13 @@ _SAMPLE_STEPS = flags.DEFINE_integer(
 _SCORE = flags.DEFINE_bool("score", True, "Time the FID Inception network.")
 _SCORE_BATCH = flags.DEFINE_integer("score_batch", 64, "Images per Inception batch.")
 _VS_TORCH = flags.DEFINE_bool("vs_torch", False, "Time diffusers' UNet2DModel alongside.")
+_TORCH_UPDATE = flags.DEFINE_enum(
+  "torch_update",
+  "adam",
+  ["adam", "ours"],
+  "The twin's update: Adam alone, or ours (the config's global-norm clipping, Adam, and the EMA "
+  "of the parameters).",
+)
 _CPU_DEVICES = flags.DEFINE_integer(
   "cpu_devices",
   None,
@@ -193,14 +201,19 @@ def _diffusers_twin_kwargs(config) -> dict:
   )
 
 
-def _torch_worker(conn, twin_kwargs: dict, batch_size: int, learning_rate: float, abar) -> None:
-  """Trains diffusers' twin with Adam on a fixed batch: sends its version and parameter count,
-  then for each step count received, the mean seconds per step of that many (0 ends it)."""
+def _torch_worker(
+  conn, twin_kwargs: dict, batch_size: int, learning_rate: float, abar, clip: float, ema: float
+) -> None:
+  """Trains diffusers' twin with Adam on a fixed batch, with global-norm clipping at `clip` and an
+  EMA of decay `ema` where they are nonzero: sends its version and parameter count, then for each
+  step count received, the mean seconds per step of that many (0 ends it)."""
   import torch
   from diffusers import UNet2DModel
 
   model = UNet2DModel(**twin_kwargs).train()
-  optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+  params = list(model.parameters())
+  optimizer = torch.optim.Adam(params, lr=learning_rate)
+  ema_params = [p.detach().clone() for p in params]
   channels, size = twin_kwargs["in_channels"], twin_kwargs["sample_size"]
   generator = torch.Generator().manual_seed(0)
   x0 = torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1
@@ -214,7 +227,12 @@ def _torch_worker(conn, twin_kwargs: dict, batch_size: int, learning_rate: float
     loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
+    if ema:
+      with torch.no_grad():
+        torch._foreach_lerp_(ema_params, params, 1 - ema)
 
   torch_step()  # warm-up (allocations, kernel choice)
   conn.send((torch.__version__, sum(p.numel() for p in model.parameters())))
@@ -234,7 +252,13 @@ def _torch_rows(config, bench: _TrainBench, batch_size: int) -> list[str]:
   ctx = multiprocessing.get_context("spawn")
   conn, worker_conn = ctx.Pipe()
   abar = np.asarray(schedules.schedule_from_config(config.diffusion).alphas_cumprod)
-  args = (worker_conn, _diffusers_twin_kwargs(config), batch_size, config.optim.learning_rate, abar)
+  clip, ema = (
+    (config.optim.grad_clip, config.training.ema_decay)
+    if _TORCH_UPDATE.value == "ours"
+    else (0.0, 0.0)
+  )
+  twin = _diffusers_twin_kwargs(config)
+  args = (worker_conn, twin, batch_size, config.optim.learning_rate, abar, clip, ema)
   worker = ctx.Process(target=_torch_worker, args=args, daemon=True)
   worker.start()
   torch_version, num_torch_params = conn.recv()
@@ -274,10 +298,10 @@ def main(argv):
   config = _CONFIG.value
   batch_size = _BATCH.value or config.training.batch_size
   accum = config.training.grad_accum_steps
-  cpu_backend.set_cpu_devices(
+  devices = cpu_backend.set_cpu_devices(
     _CPU_DEVICES.value, cpu_backend.micro_batches_split(batch_size, accum)
   )
-  cpu_backend.use_eigen_convolutions()
+  cpu_backend.use_eigen_convolutions(devices)
   bench = _TrainBench(config, batch_size)
   bench.run(1)  # the first run of a compiled program allocates its buffers
   steps = bench.whole_calls(_TRAIN_STEPS.value)
@@ -300,7 +324,8 @@ def main(argv):
     f"| {tflops:.3f} | {mfu} | {_peak_memory_gib()} |"
   )
   if _VS_TORCH.value:
-    print("\n| training step (Adam, same batch) | parameters | median ms | each repeat, ms |")
+    update = "Adam" if _TORCH_UPDATE.value == "adam" else "clipping, Adam, EMA"
+    print(f"\n| training step ({update}; same batch) | parameters | median ms | each repeat, ms |")
     print("|---|---|---|---|")
     for row in _torch_rows(config, bench, batch_size):
       print(row)

@@ -1,6 +1,6 @@
-"""Test setup: four simulated CPU devices (so the sharded paths run), the scripts' CPU backend
-settings, strict rank promotion, and a private cache folder (reference statistics, the digits
-classifier) instead of the user's."""
+"""Test setup: four simulated CPU devices (so the sharded paths run), huge pages for the scripts
+the tests start, strict rank promotion, and a private cache folder (reference statistics, the
+digits classifier) instead of the user's."""
 
 import atexit
 import os
@@ -25,9 +25,6 @@ if (tunables := host_memory.tunables_with_huge_pages()) is not None:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from diffusion_jax.cli import cpu_backend  # noqa: E402
-
-cpu_backend.use_eigen_convolutions()  # as the scripts run
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 

@@ -71,19 +71,21 @@ def test_the_cpu_client_gets_the_count(requested, devices):
 
 
 @pytest.mark.parametrize(
-  "jaxlib_version, xla_flags, added",
+  "devices, jaxlib_version, xla_flags, added",
   [
-    ("0.10.2", "", True),
-    ("0.10.0.dev20260101", "--xla_cpu_enable_fast_math=false", True),
-    ("0.10.2", f"{cpu_backend.CONV_FLAG}=-reduce", False),  # the user's choice stands
-    ("0.9.0", "", False),  # a release the flag was not measured on: an unknown flag is fatal
+    (1, "0.10.2", "", True),
+    (1, "0.10.0.dev20260101", "--xla_cpu_enable_fast_math=false", True),
+    (2, "0.10.2", "", False),  # several devices: their Eigen convolutions race
+    (None, "0.10.2", "", False),  # the environment sets the devices
+    (1, "0.10.2", f"{cpu_backend.CONV_FLAG}=-reduce", False),  # the user's choice stands
+    (1, "0.9.0", "", False),  # a release the flag was not checked on: an unknown flag is fatal
   ],
 )
-def test_eigen_convolutions_where_jaxlib_takes_the_flag(
-  monkeypatch, jaxlib_version, xla_flags, added
+def test_eigen_convolutions_on_one_device_where_jaxlib_takes_the_flag(
+  monkeypatch, devices, jaxlib_version, xla_flags, added
 ):
   monkeypatch.setenv("XLA_FLAGS", xla_flags)
-  assert cpu_backend.use_eigen_convolutions(jaxlib_version) == added
+  assert cpu_backend.use_eigen_convolutions(devices, jaxlib_version) == added
   flags = os.environ["XLA_FLAGS"].split()
   assert flags == xla_flags.split() + ([cpu_backend.EIGEN_CONVOLUTIONS] if added else [])
 

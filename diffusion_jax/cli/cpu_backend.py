@@ -11,8 +11,12 @@ took 289-361 ms on one device against 339-386 ms on two.
 
 Convolutions. jaxlib 0.10 hands convolutions to YNNPACK, which ran the 32x32 ones of that U-Net on
 one thread; Eigen's run on all of them (fwd + bwd of a 3x3 conv at 32x32x64: 11.2 ms against
-5.4 ms on 2 cores), so the scripts ask XLA for Eigen's with XLA_FLAGS, on the jaxlib versions
-that flag was measured on (an unknown XLA flag stops the process).
+5.4 ms on 2 cores). So where the CPU is one device, the scripts ask XLA for Eigen's through
+XLA_FLAGS, on the jaxlib versions that flag was checked on (an unknown XLA flag stops the
+process). Not with several devices: there each device's program runs on one core anyway, and
+Eigen's convolutions of two devices at once are not safe in jaxlib 0.10.2 (DDIM sampling on two
+devices returned different, wrong images for the first few examples of each device's share, from
+run to run; on one device its samples equal YNNPACK's, every uint8 pixel).
 """
 
 import os
@@ -67,12 +71,16 @@ def set_cpu_devices(requested: int | None, batches_split: bool = True) -> int | 
   return count
 
 
-def use_eigen_convolutions(jaxlib_version: str = jaxlib.__version__) -> bool:
-  """Adds EIGEN_CONVOLUTIONS to XLA_FLAGS, before JAX starts its backends, where jaxlib is one of
-  CONV_FLAG_JAXLIBS and XLA_FLAGS does not choose already. Returns whether it did."""
+def use_eigen_convolutions(
+  cpu_devices: int | None, jaxlib_version: str = jaxlib.__version__
+) -> bool:
+  """Adds EIGEN_CONVOLUTIONS to XLA_FLAGS, before JAX starts its backends, where the CPU is one
+  device (`cpu_devices`, as set_cpu_devices returns it: None where the environment sets the
+  count, which is left alone), jaxlib is one of CONV_FLAG_JAXLIBS and XLA_FLAGS does not choose
+  already. Returns whether it did."""
   flags = os.environ.get("XLA_FLAGS", "")
   release = tuple(int(part) for part in jaxlib_version.split(".")[:2])
-  if CONV_FLAG in flags or release not in CONV_FLAG_JAXLIBS:
+  if cpu_devices != 1 or CONV_FLAG in flags or release not in CONV_FLAG_JAXLIBS:
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
   return True
