@@ -290,7 +290,8 @@ def _cpu_setup() -> str:
     return ""
   eigen = cpu_backend.EIGEN_CONVOLUTIONS in os.environ.get("XLA_FLAGS", "")
   huge = f"{host_memory.TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "")
-  return f" ({'Eigen' if eigen else 'YNNPACK'} convolutions, {'2 MiB' if huge else '4 KiB'} pages)"
+  pages = "2 MiB" if huge or host_memory.thp_mode() == "always" else "4 KiB"
+  return f" ({'Eigen' if eigen else 'YNNPACK'} convolutions, {pages} pages)"
 
 
 def main(argv):

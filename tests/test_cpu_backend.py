@@ -92,7 +92,7 @@ def test_eigen_convolutions_on_one_device_where_jaxlib_takes_the_flag(
 
 def test_the_script_process_restarts_once_with_huge_pages():
   """The same pid before and after, the tunable set, and no second restart."""
-  if host_memory._thp_mode() != "madvise" or not host_memory._glibc_takes_tunable():
+  if host_memory.thp_mode() != "madvise" or not host_memory._glibc_takes_tunable():
     pytest.skip("huge pages on request need glibc >= 2.35 and the kernel's THP mode 'madvise'")
   code = (
     "import os\n"
@@ -116,5 +116,5 @@ def test_the_script_process_restarts_once_with_huge_pages():
 def test_thp_mode_reads_the_bracketed_word(tmp_path, text, mode):
   path = tmp_path / "enabled"
   path.write_text(text + "\n")
-  assert host_memory._thp_mode(str(path)) == mode
-  assert host_memory._thp_mode(str(tmp_path / "missing")) is None
+  assert host_memory.thp_mode(str(path)) == mode
+  assert host_memory.thp_mode(str(tmp_path / "missing")) is None

@@ -25,7 +25,7 @@ def _glibc_takes_tunable() -> bool:
   return name == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (2, 35)
 
 
-def _thp_mode(path: str = THP_MODE_FILE) -> str | None:
+def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   """The kernel's transparent huge page mode (always, madvise or never), or None."""
   try:
     with open(path) as f:
@@ -43,7 +43,7 @@ def tunables_with_huge_pages() -> str | None:
   tunables = os.environ.get("GLIBC_TUNABLES", "")
   if TUNABLE in tunables or not sys.platform.startswith("linux"):
     return None
-  if _thp_mode() != "madvise" or not _glibc_takes_tunable():
+  if thp_mode() != "madvise" or not _glibc_takes_tunable():
     return None
   return ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))
 
