@@ -1,7 +1,6 @@
 """Pieces shared by the networks (the denoisers and the noisy classifier): the timestep and class
 label embeddings, the initializer, the 3x3 convolution, GroupNorm and attention."""
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -78,75 +77,15 @@ def label_embedding(num_classes: int, dim: int, y_B: jax.Array | None, batch: in
   return nn.Embed(num_classes + 1, dim, name="label_emb")(y_B)
 
 
-def _group_moments(x_BxNxC: jax.Array, num_groups: int) -> tuple[jax.Array, jax.Array]:
-  """Mean and the one-pass variance E[x^2] - E[x]^2 (unclamped) of each group, [B, G] each."""
-  B, N, C = x_BxNxC.shape
-  count = N * (C // num_groups)
-  # Per-channel sums over positions (one pass; the channel axis stays innermost, so it
-  # vectorizes), then combined per group.
-  sum_BxG = jnp.sum(x_BxNxC, axis=1).reshape(B, num_groups, -1).sum(-1)
-  sum_sq_BxG = jnp.sum(jnp.square(x_BxNxC), axis=1).reshape(B, num_groups, -1).sum(-1)
-  mean_BxG = sum_BxG / count
-  return mean_BxG, sum_sq_BxG / count - jnp.square(mean_BxG)
-
-
-def _per_channel(v_BxG: jax.Array, num_channels: int) -> jax.Array:
-  """[B, G] -> [B, 1, C]: each group's value for each of its channels."""
-  return jnp.repeat(v_BxG, num_channels // v_BxG.shape[1], axis=1)[:, None, :]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _group_norm(x_BxNxC, scale_C, bias_C, num_groups: int, epsilon: float):
-  return _group_norm_fwd(x_BxNxC, scale_C, bias_C, num_groups, epsilon)[0]
-
-
-def _group_norm_fwd(x_BxNxC, scale_C, bias_C, num_groups, epsilon):
-  mean_BxG, var_BxG = _group_moments(x_BxNxC, num_groups)
-  rstd_BxG = jax.lax.rsqrt(jnp.maximum(var_BxG, 0.0) + epsilon)
-  C = x_BxNxC.shape[-1]
-  mul_Bx1xC = _per_channel(rstd_BxG, C) * scale_C[None, None, :]
-  y_BxNxC = (x_BxNxC - _per_channel(mean_BxG, C)) * mul_Bx1xC + bias_C[None, None, :]
-  return y_BxNxC, (x_BxNxC, scale_C, mean_BxG, var_BxG, rstd_BxG)
-
-
-def _group_norm_bwd(num_groups, epsilon, residuals, dy_BxNxC):
-  """dx = r (dx^ - mean(dx^) - x^ mean(dx^ x^)) over each group, with x^ = (x - mu) r and
-  dx^ = dy * scale: the group sums come from the per-channel sums of dy and dy * x (one pass
-  over dy and x), then dx is one multiply-add pass. Where the variance was clamped at 0, it
-  passes no gradient, as jnp.maximum's derivative does."""
-  del epsilon
-  x_BxNxC, scale_C, mean_BxG, var_BxG, rstd_BxG = residuals
-  B, N, C = x_BxNxC.shape
-  count = N * (C // num_groups)
-  by_group = lambda v_BxC: v_BxC.reshape(B, num_groups, -1).sum(-1)
-  sum_dy_BxC = jnp.sum(dy_BxNxC, axis=1)
-  sum_dy_x_BxC = jnp.sum(dy_BxNxC * x_BxNxC, axis=1)
-  mean_Bx1xC, rstd_Bx1xC = _per_channel(mean_BxG, C), _per_channel(rstd_BxG, C)
-  # sum over positions of dy * x^, per channel
-  sum_dy_xhat_BxC = (sum_dy_x_BxC - mean_Bx1xC[:, 0] * sum_dy_BxC) * rstd_Bx1xC[:, 0]
-  d_mean_BxG = by_group(sum_dy_BxC * scale_C[None, :]) / count
-  d_var_BxG = jnp.where(var_BxG > 0.0, by_group(sum_dy_xhat_BxC * scale_C[None, :]) / count, 0.0)
-  xhat_coef_Bx1xC = -_per_channel(d_var_BxG * rstd_BxG, C) * rstd_Bx1xC
-  dx_BxNxC = (
-    dy_BxNxC * (rstd_Bx1xC * scale_C[None, None, :])
-    + (x_BxNxC - mean_Bx1xC) * xhat_coef_Bx1xC
-    - _per_channel(d_mean_BxG * rstd_BxG, C)
-  )
-  return dx_BxNxC, jnp.sum(sum_dy_xhat_BxC, axis=0), jnp.sum(sum_dy_BxC, axis=0)
-
-
-_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
-
-
 class GroupNorm(nn.Module):
   """Group normalization (Wu & He 2018) over [B, ..., C], with the parameters of `nn.GroupNorm`.
 
   The same maths and parameters ('scale', 'bias', each [C]) as flax's GroupNorm with its default
-  one-pass variance E[x^2] - E[x]^2, arranged to be cheap on CPUs, where each pass over an
-  activation costs memory bandwidth: the forward reads x once for both moments (per-channel sums
-  over positions, combined per group) and normalizes in one multiply-add pass; the hand-written
-  gradient reads dy and x once for its sums and writes dx in one more pass, where autodiff of
-  the same formula takes several. Statistics are float32 whatever x's dtype.
+  one-pass variance E[x^2] - E[x]^2, arranged to be cheap on CPUs: both moments come from
+  per-channel sums over positions (one pass; the channel axis stays innermost, so it vectorizes),
+  and the groups combine those [B, C] sums. Normalization is then one multiply-add per element
+  with a [B, C] scale, and its gradient costs one more reduction pass, where the group-wise
+  reductions of the textbook form take several. Statistics are float32 whatever x's dtype.
   """
 
   num_groups: int
@@ -156,12 +95,21 @@ class GroupNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Returns GN(x) * scale + bias, of x's shape, in float32 (the caller casts it)."""
     B, C = x.shape[0], x.shape[-1]
-    if C % self.num_groups:
-      raise ValueError(f"GroupNorm: {self.num_groups} groups do not divide {C} channels")
+    G = self.num_groups
+    if C % G:
+      raise ValueError(f"GroupNorm: {G} groups do not divide {C} channels")
     scale_C = self.param("scale", nn.initializers.ones, (C,), jnp.float32)
     bias_C = self.param("bias", nn.initializers.zeros, (C,), jnp.float32)
     x_BxNxC = x.reshape(B, -1, C).astype(jnp.float32)
-    return _group_norm(x_BxNxC, scale_C, bias_C, self.num_groups, self.epsilon).reshape(x.shape)
+    count = x_BxNxC.shape[1] * (C // G)
+    sum_BxGxK = jnp.sum(x_BxNxC, axis=1).reshape(B, G, C // G)
+    sum_sq_BxGxK = jnp.sum(jnp.square(x_BxNxC), axis=1).reshape(B, G, C // G)
+    mean_BxG = jnp.sum(sum_BxGxK, axis=-1) / count
+    var_BxG = jnp.maximum(jnp.sum(sum_sq_BxGxK, axis=-1) / count - jnp.square(mean_BxG), 0.0)
+    mean_BxC = jnp.repeat(mean_BxG, C // G, axis=1)
+    mul_BxC = jnp.repeat(jax.lax.rsqrt(var_BxG + self.epsilon), C // G, axis=1) * scale_C[None, :]
+    y_BxNxC = (x_BxNxC - mean_BxC[:, None, :]) * mul_BxC[:, None, :] + bias_C[None, None, :]
+    return y_BxNxC.reshape(x.shape)
 
 
 def group_norm(num_groups: int, dtype: Any, name: str) -> Callable[[jax.Array], jax.Array]:
@@ -178,7 +126,7 @@ def single_head_attention(q_BxNxC: jax.Array, k_BxNxC: jax.Array, v_BxNxC: jax.A
   On CPUs as two einsums around a softmax over the innermost axis: XLA's CPU backend runs that
   about 1.5x faster (fwd + bwd) than jax.nn.dot_product_attention's [B, N, heads, C] arrangement,
   where the softmax gradient's reduction is strided. Elsewhere through dot_product_attention,
-  which is where JAX selects fused attention kernels.
+  JAX's entry point for fused attention kernels.
   """
   if jax.default_backend() != "cpu":
     return jax.nn.dot_product_attention(
