@@ -299,10 +299,7 @@ def main(argv):
   config = _CONFIG.value
   batch_size = _BATCH.value or config.training.batch_size
   accum = config.training.grad_accum_steps
-  devices = cpu_backend.set_cpu_devices(
-    _CPU_DEVICES.value, cpu_backend.micro_batches_split(batch_size, accum)
-  )
-  cpu_backend.use_eigen_convolutions(devices)
+  cpu_backend.set_up(_CPU_DEVICES.value, cpu_backend.micro_batches_split(batch_size, accum))
   bench = _TrainBench(config, batch_size)
   bench.run(1)  # the first run of a compiled program allocates its buffers
   steps = bench.whole_calls(_TRAIN_STEPS.value)

@@ -84,3 +84,10 @@ def use_eigen_convolutions(
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
   return True
+
+
+def set_up(requested: int | None, batches_split: bool = True) -> int | None:
+  """set_cpu_devices, then use_eigen_convolutions for the count it set; returns that count."""
+  count = set_cpu_devices(requested, batches_split)
+  use_eigen_convolutions(count)
+  return count

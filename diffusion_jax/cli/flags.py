@@ -145,8 +145,7 @@ def define_device_flags() -> Callable[..., None]:
     )
     # Several processes split the batch already; one that splits its CPU too multiplies the
     # device count the batch must divide by, so that is left to an explicit --cpu_devices.
-    split = cpu_backend.set_cpu_devices(cpu_count.value, batches_split and not joins)
-    cpu_backend.use_eigen_convolutions(split)
+    split = cpu_backend.set_up(cpu_count.value, batches_split and not joins)
     if joins:
       _join_run(address.value, num_processes.value, process_id.value)
     logging.info("devices: %s", jax.devices())
